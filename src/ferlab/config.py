@@ -1,0 +1,34 @@
+"""Reading params.yaml, the single source of every knob."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Load params.yaml as a dict; a missing or malformed file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no params file; run from the project root")
+    with path.open() as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter groups")
+    return params
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the dotted keys DVC and MLflow use."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
