@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ferlab.classes import CLASSES
 from ferlab.training.checkpoint import NORMALIZATION, load_model
 
 
@@ -21,7 +22,9 @@ def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:
         raise ValueError(f"expected N×H×W grayscale faces, got shape {faces.shape}")
     if faces.shape[1:] != (input_size, input_size):
         interp = cv2.INTER_AREA if faces.shape[1] > input_size else cv2.INTER_CUBIC
-        faces = np.stack([cv2.resize(f, (input_size, input_size), interpolation=interp) for f in faces])
+        faces = np.stack(
+            [cv2.resize(f, (input_size, input_size), interpolation=interp) for f in faces]
+        )
     x = torch.from_numpy(np.ascontiguousarray(faces)).float().unsqueeze(1)
     return (x / 255.0 - NORMALIZATION["mean"]) / NORMALIZATION["std"]
 
@@ -37,8 +40,13 @@ class Classifier:
         self.classes: list[str] = list(meta["classes"])
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Classifier:
-        model, meta = load_model(path)
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        expected_classes: tuple[str, ...] | None = CLASSES,
+    ) -> Classifier:
+        model, meta = load_model(path, expected_classes)
         return cls(model, meta, device)
 
     @torch.inference_mode()

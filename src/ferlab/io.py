@@ -57,7 +57,9 @@ def read_gray(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: image file not found")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise ValueError(f"{path}: not a readable image (corrupt or unsupported); replace or delete it")
+        raise ValueError(
+            f"{path}: not a readable image (corrupt or unsupported); replace or delete it"
+        )
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
         image = cv2.cvtColor(image, code)
@@ -68,6 +70,5 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write arrays to an .npz atomically (uncompressed: loading must be fast)."""
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)

@@ -98,6 +98,15 @@ def open_ui(host: str = "127.0.0.1", port: int = 5000) -> None:
     import subprocess as sp
 
     sp.run(
-        ["mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host, "--port", str(port)],
+        [
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            tracking_uri(),
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
         check=False,
     )

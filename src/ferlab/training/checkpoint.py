@@ -19,7 +19,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     """Write state dict + metadata atomically.
 
     `meta` must hold `model` (registry name and hyper-parameters, as `build_model` takes them)
-    and `input_size`; classes and normalisation are added here so every checkpoint has them.
+    and `input_size`; classes (the expression classes unless meta names others, as the age model
+    does) and normalisation are added here so every checkpoint has them.
     """
     missing = {"model", "input_size"} - meta.keys()
     if missing:
@@ -34,8 +35,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict with weights_only=True; refuses pickled code or unknown content."""
+def read_checkpoint(
+    path: str | Path, expected_classes: tuple[str, ...] | None = CLASSES
+) -> dict[str, Any]:
+    """Load a checkpoint dict with weights_only=True; refuses pickled code or unknown content.
+
+    `expected_classes` guards against using, say, the age model as the expression model.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; run `dvc repro train` first")
@@ -48,18 +54,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "model" not in payload:
         raise ValueError(f"{path}: not a ferlab checkpoint (no state_dict/model metadata)")
-    if list(payload.get("classes", [])) != list(CLASSES):
-        raise ValueError(f"{path}: class list {payload.get('classes')} differs from {CLASSES}")
+    if expected_classes is not None and list(payload.get("classes", [])) != list(expected_classes):
+        raise ValueError(
+            f"{path}: class list {payload.get('classes')} differs from {list(expected_classes)}"
+        )
     return payload
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    path: str | Path, expected_classes: tuple[str, ...] | None = CLASSES
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes, in eval mode, with its metadata."""
     from ferlab.models import build_model
 
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, expected_classes)
     spec = dict(payload["model"])
-    model = build_model(spec.pop("name"), input_size=payload["input_size"], **spec)
+    model = build_model(
+        spec.pop("name"),
+        input_size=payload["input_size"],
+        num_classes=len(payload["classes"]),
+        **spec,
+    )
     model.load_state_dict(payload["state_dict"])
     model.eval()
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
