@@ -1,0 +1,227 @@
+"""The training loop: learning, checkpoints, resume after a kill, class balance, DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ferlab.training.checkpoint import load_model, read_checkpoint
+from ferlab.training.loop import TrainConfig, class_weights, epoch_order, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        scheduler="none",
+        augment=True,
+        early_stopping_patience=0,
+        bf16=False,
+        threads=1,
+        seed=7,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def baseline_meta() -> dict:
+    return {
+        "model": {
+            "name": "baseline",
+            "width": 0.25,
+            "dropout": 0.0,
+            "heads": 2,
+            "activation": "relu",
+        },
+        "input_size": 48,
+    }
+
+
+def build_tiny():
+    from ferlab.models import build_model
+
+    spec = dict(baseline_meta()["model"])
+    return build_model(spec.pop("name"), input_size=48, **spec)
+
+
+def test_fit_learns_and_checkpoint_round_trips(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces
+    model = build_tiny()
+    ckpt = tmp_path / "model.pt"
+    result = fit(
+        model,
+        images,
+        labels,
+        images,
+        labels,
+        tiny_config(epochs=6, augment=False),
+        ckpt,
+        baseline_meta(),
+    )
+    assert len(result.history) == 6
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val_accuracy > 1 / 8 + 0.1  # clearly above chance on its own data
+    payload = read_checkpoint(ckpt)
+    assert payload["epoch"] == result.best_epoch
+    assert payload["input_size"] == 48 and len(payload["classes"]) == 8
+    model_again, meta = load_model(ckpt)
+    assert not model_again.training
+    assert meta["val_metrics"]["val_accuracy"] == pytest.approx(result.best_val_accuracy)
+
+
+def test_early_stopping_and_time_budget(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces
+    shuffled = np.random.default_rng(0).permutation(labels)  # unlearnable: val never improves
+    result = fit(
+        build_tiny(),
+        images,
+        labels,
+        images,
+        shuffled,
+        tiny_config(epochs=20, early_stopping_patience=2, lr=1e-6),
+        tmp_path / "m.pt",
+        baseline_meta(),
+    )
+    assert result.stop_reason.startswith("no val improvement")
+    assert len(result.history) < 20
+
+
+def test_class_balance_sampler_evens_out_classes() -> None:
+    labels = np.array([0] * 900 + [1] * 100)
+    config = tiny_config(class_balance="sampler")
+    order = epoch_order(labels, epoch=1, config=config, num_classes=2)
+    share = (labels[order] == 1).mean()
+    assert 0.4 < share < 0.6
+    weights = class_weights(labels, 2)
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+
+
+def test_config_rejects_unknown_choices() -> None:
+    with pytest.raises(ValueError, match=r"train\.optimizer"):
+        TrainConfig.from_params({"optimizer": "rmsprop"}, seed=1)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np, torch
+    sys.path.insert(0, {tests!r})
+    from test_training import build_tiny, baseline_meta, tiny_config
+    from ferlab.training.loop import fit
+    data = np.load({data!r})
+    images, labels = data["images"], data["labels"]
+    model = build_tiny()
+    kill_at = int(os.environ.get("KILL_AT_FORWARD", "0"))
+    calls = 0
+    original = model.forward
+    def forward(x):
+        global calls
+        if model.training:
+            calls += 1
+            if calls == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # a hard kill, mid-epoch
+        return original(x)
+    model.forward = forward
+    fit(model, images, labels, images, labels, tiny_config(), {ckpt!r}, baseline_meta(),
+        resume_path={resume!r})
+    """
+)
+
+
+def run_training(
+    tmp: Path, name: str, images, labels, kill_at: int = 0
+) -> subprocess.CompletedProcess:
+    data = tmp / "data.npz"
+    if not data.exists():
+        np.savez(data, images=images, labels=labels)
+    script = KILL_SCRIPT.format(
+        tests=str(ROOT / "tests"),
+        data=str(data),
+        ckpt=str(tmp / f"{name}.pt"),
+        resume=str(tmp / f"{name}.resume.pt"),
+    )
+    env = {**os.environ, "KILL_AT_FORWARD": str(kill_at), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_killed_training_resumes_to_identical_weights(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces  # 96 faces, batch 16: 6 steps an epoch
+    straight = run_training(tmp_path, "straight", images, labels)
+    assert straight.returncode == 0, straight.stderr
+
+    killed = run_training(tmp_path, "resumed", images, labels, kill_at=6 + 3)  # epoch 2, step 3
+    assert killed.returncode == -9
+    assert (tmp_path / "resumed.resume.pt").is_file()  # epoch 1's state survived the kill
+    resumed = run_training(tmp_path, "resumed", images, labels)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1" in resumed.stdout
+    assert not (tmp_path / "resumed.resume.pt").exists()
+
+    a = read_checkpoint(tmp_path / "straight.pt")
+    b = read_checkpoint(tmp_path / "resumed.pt")
+    assert a["epoch"] == b["epoch"]
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), key
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np, torch, torch.distributed as dist
+    sys.path.insert(0, {tests!r})
+    from test_training import build_tiny, baseline_meta, tiny_config
+    from ferlab.training.loop import fit
+    from ferlab.training.run import init_distributed
+    assert init_distributed()
+    data = np.load({data!r})
+    torch.manual_seed(0)
+    model = build_tiny()
+    fit(model, data["images"], data["labels"], data["images"][:16], data["labels"][:16],
+        tiny_config(epochs=1, batch_size=16), {ckpt!r}, baseline_meta())
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if dist.get_rank() == 0:
+        gap = float((gathered[0] - gathered[1]).abs().max())
+        print("max weight difference between ranks:", gap)
+        torch.manual_seed(0)
+        before = build_tiny()
+        moved = torch.cat([p.detach().flatten() for p in before.parameters()])
+        print("changed by training:", float((flat - moved).abs().max()) > 0)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_ddp_two_cpu_processes_keep_equal_weights(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces
+    data = tmp_path / "data.npz"
+    np.savez(data, images=images[:32], labels=labels[:32])  # 16 a rank: one step each
+    script = tmp_path / "ddp_job.py"
+    script.write_text(
+        DDP_SCRIPT.format(tests=str(ROOT / "tests"), data=str(data), ckpt=str(tmp_path / "ddp.pt"))
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29533", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "max weight difference between ranks: 0.0" in done.stdout
+    assert "changed by training: True" in done.stdout
+    assert (tmp_path / "ddp.pt").is_file()
