@@ -64,11 +64,11 @@ def test_fit_learns_and_checkpoint_round_trips(real_faces, tmp_path: Path) -> No
         labels,
         images,
         labels,
-        tiny_config(epochs=6, augment=False),
+        tiny_config(epochs=10, lr=1e-3, augment=False),
         ckpt,
         baseline_meta(),
     )
-    assert len(result.history) == 6
+    assert len(result.history) == 10
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_accuracy > 1 / 8 + 0.1  # clearly above chance on its own data
     payload = read_checkpoint(ckpt)

@@ -32,3 +32,24 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def apply_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `group.key=value` overrides (values parsed as YAML), like `dvc exp run -S`."""
+    import copy
+
+    params = copy.deepcopy(params)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like group.key=value")
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"override {item!r}: no parameter group {part!r} in params.yaml")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: no parameter {key!r} in params.yaml")
+        node[leaf] = yaml.safe_load(raw)
+    return params
