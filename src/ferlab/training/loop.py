@@ -155,16 +155,62 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(total, 1), pct_start=0.1
-        )
-    if config.scheduler == "step":
-        step = max(config.epochs // 3, 1) * steps_per_epoch
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
-    return None
+class LrSchedule:
+    """Warm-up then cosine (or step) decay, driven by training progress.
+
+    Progress is the larger of steps done / total steps and, under a time budget
+    (`max_minutes`), elapsed / budget: a run cut short by the budget still ends with an
+    annealed learning rate instead of stopping at a high one.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        base_lr: float,
+        total_steps: int,
+        budget_s: float = 0.0,
+        warmup: float = 0.05,
+    ) -> None:
+        self.optimizer = optimizer
+        self.kind = kind
+        self.base_lr = base_lr
+        self.total_steps = max(total_steps, 1)
+        self.budget_s = budget_s
+        self.warmup = warmup
+        self.steps = 0
+        self._set(self.lr_at(0.0))
+
+    def progress(self, elapsed_s: float) -> float:
+        by_steps = self.steps / self.total_steps
+        return max(by_steps, elapsed_s / self.budget_s) if self.budget_s else by_steps
+
+    def lr_at(self, progress: float) -> float:
+        if self.kind == "none":
+            return self.base_lr
+        if self.kind == "step":  # ÷10 after each third of training
+            return self.base_lr * 0.1 ** min(int(progress * 3), 2)
+        if progress < self.warmup:
+            return self.base_lr * (0.1 + 0.9 * progress / self.warmup)
+        done = (progress - self.warmup) / (1 - self.warmup)
+        return self.base_lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+    def step(self, elapsed_s: float) -> float:
+        """Advance one optimiser step; returns the progress reached."""
+        self.steps += 1
+        progress = self.progress(elapsed_s)
+        self._set(self.lr_at(progress))
+        return progress
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict[str, int]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.steps = int(state["steps"])
 
 
 @torch.inference_mode()
@@ -233,12 +279,19 @@ def fit(
     per_rank = len(train_images) // world
     steps_per_epoch = max(math.ceil(per_rank / config.batch_size), 1)
     optimizer = _make_optimizer(model, config)
-    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = LrSchedule(
+        optimizer,
+        config.scheduler,
+        config.lr,
+        config.epochs * steps_per_epoch,
+        budget_s=config.max_minutes * 60,
+    )
     transform = build_augmentation(config.seed) if config.augment else None
 
     result = FitResult()
     bad_epochs = 0
     start_epoch = 1
+    trained_before = 0.0  # seconds trained before a resume, for the time budget
     fingerprint = {**asdict(config), "n_train": len(train_images), "world": world}
     resume_path = Path(resume_path) if resume_path else None
     if resume_path and resume_path.is_file():
@@ -246,8 +299,8 @@ def fit(
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
+            scheduler.load_state_dict(state["scheduler"])
+            trained_before = state["seconds"]
             result.history = state["history"]
             result.best_epoch = state["best_epoch"]
             result.best_val_accuracy = state["best_val_accuracy"]
@@ -258,12 +311,8 @@ def fit(
             log(f"{resume_path}: saved state is for other settings; starting afresh")
 
     started = time.perf_counter()
+    progress = 0.0
     for epoch in range(start_epoch, config.epochs + 1):
-        elapsed_min = (time.perf_counter() - started) / 60
-        last_min = result.history[-1]["seconds"] / 60 if result.history else 0.0
-        if config.max_minutes and elapsed_min + last_min > config.max_minutes:
-            result.stop_reason = f"time budget of {config.max_minutes} min"
-            break
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc., per epoch
         order = epoch_order(hard_labels, epoch, config, num_classes)
         order = order[rank * per_rank : (rank + 1) * per_rank]
@@ -295,14 +344,15 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            progress = scheduler.step(trained_before + time.perf_counter() - started)
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1).cpu().numpy() == hard_labels[idx]).sum())
             seen += len(idx)
             if rank == 0 and (step + 1) % 50 == 0:
                 rate = seen / (time.perf_counter() - t0)
                 log(f"  epoch {epoch} step {step + 1}/{steps_per_epoch} {rate:.0f} img/s")
+            if progress >= 1.0:  # the time budget is spent: this epoch ends here
+                break
         seconds = time.perf_counter() - t0
         val_probs = softmax(predict_logits(model, val_images, input_size, device, autocast))
         val = classification_metrics(val_labels, val_probs)
@@ -341,13 +391,25 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
             if resume_path:
+                seconds = trained_before + time.perf_counter() - started
                 _save_state(
-                    resume_path, model, optimizer, scheduler, epoch, result, bad_epochs, fingerprint
+                    resume_path,
+                    model,
+                    optimizer,
+                    scheduler,
+                    epoch,
+                    result,
+                    bad_epochs,
+                    fingerprint,
+                    seconds,
                 )
+        if progress >= 1.0 and epoch < config.epochs:
+            result.stop_reason = f"time budget of {config.max_minutes} min"
+            break
         if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
             result.stop_reason = f"no val improvement for {bad_epochs} epochs"
             break
-    result.seconds = time.perf_counter() - started
+    result.seconds = trained_before + time.perf_counter() - started
     if rank == 0 and resume_path and resume_path.is_file():
         resume_path.unlink()
     return result
@@ -357,16 +419,18 @@ def _save_state(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: LrSchedule,
     epoch: int,
     result: FitResult,
     bad_epochs: int,
     fingerprint: dict[str, Any],
+    seconds: float,
 ) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler": scheduler.state_dict(),
+        "seconds": seconds,
         "epoch": epoch,
         "history": result.history,
         "best_epoch": result.best_epoch,
