@@ -1,0 +1,155 @@
+"""The generated study report, and the study stages run for real in a scratch project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ferlab.evaluation.metrics import classification_metrics
+from ferlab.evaluation.report import build_report
+from ferlab.io import save_npz, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+
+
+def test_report_renders_with_no_reports_at_all(tmp_path: Path) -> None:
+    text = build_report(tmp_path)
+    assert text.startswith("# FER2013+ study report")
+    assert "81.08%" in text and "82.62%" in text
+    for name, stage in [
+        ("metrics.json", "evaluate"),
+        ("detection.json", "preprocess"),
+        ("study_resize.json", "study_resize"),
+        ("study_age.json", "study_age"),
+        ("leakage.json", "validate"),
+    ]:
+        assert f"`reports/{name}` is missing; run `dvc repro {stage}`" in text
+
+
+def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
+    _, labels = real_faces
+    probs = np.eye(8)[labels] * 0.9 + 0.0125
+    probs[::4] = np.roll(probs[::4], 1, axis=1)  # a quarter wrong: 75% accuracy
+    metrics = {
+        "variant": "original",
+        "model": "ddamfn",
+        "val": classification_metrics(labels, probs),
+        "test": classification_metrics(labels, probs),
+    }
+    write_json(tmp_path / "metrics.json", metrics)
+    write_json(tmp_path / "split_counts.json", {"train": {"anger": 5, "happiness": 7}})
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "confusion_test.png").write_bytes(b"\x89PNG")
+    text = build_report(tmp_path)
+    assert "| test | 96 | 75.00 |" in text
+    assert "-6.08 points from 81.08%" in text
+    assert "![test confusion matrix](figures/confusion_test.png)" in text
+    assert "Figure `reports/figures/confusion_val.png` not found" in text
+    assert "| train | 5 | 7 |" in text  # a count grid, classes in canonical order
+    assert "`reports/validation.json` is missing" in text
+    assert "`reports/train.json` is missing" in text
+
+
+def test_report_names_a_corrupt_report(tmp_path: Path) -> None:
+    (tmp_path / "train.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"train\.json"):
+        build_report(tmp_path)
+
+
+def _run_stage(project: Path, name: str) -> str:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [sys.executable, str(project / "stages" / f"{name}.py")],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_study_stages_end_to_end(real_faces, tmp_path: Path) -> None:
+    """study_resize, tag_age (with a hand label), study_age and report on a scratch project."""
+    import torch
+
+    from ferlab.models import build_model
+    from ferlab.training.checkpoint import save_checkpoint
+    from ferlab.training.loop import TrainConfig, fit
+
+    images, labels = real_faces
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "stages", project / "stages")
+    paths = np.array([f"data/raw/fer2013plus/test/x/fer{i:07d}.png" for i in range(len(labels))])
+    save_npz(project / "data/arrays/original_test.npz", images=images, labels=labels, paths=paths)
+    spec = dict(TINY)
+    name = spec.pop("name")
+    config = TrainConfig(
+        epochs=10, batch_size=16, lr=3e-3, scheduler="none", augment=False, bf16=False, threads=1
+    )
+    model = build_model(name, input_size=48, **spec)
+    meta = {"model": TINY, "input_size": 48, "variant": "original"}
+    fit(
+        model,
+        images,
+        labels,
+        images,
+        labels,
+        config,
+        project / "models/model.pt",
+        meta,
+        log=lambda _m: None,
+    )
+    torch.manual_seed(0)
+    age_model = build_model(name, input_size=48, num_classes=2, **spec)
+    save_checkpoint(
+        project / "models/age.pt",
+        age_model,
+        {"model": TINY, "input_size": 48, "classes": ["kid", "adult"]},
+    )
+    pd.DataFrame({"path": [paths[5]], "age_group": ["kid"]}).to_csv(
+        project / "hand.csv", index=False
+    )
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["age"]["labels_override"] = "hand.csv"
+    params["study_resize"]["sizes"] = [96, 48, 14]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    _run_stage(project, "study_resize")
+    resize = json.loads((project / "reports/study_resize.json").read_text())
+    assert resize["n"] == len(labels) and resize["sizes"] == [96, 48, 14]
+    for method in params["study_resize"]["methods"]:
+        assert resize["accuracy"][method]["48"] == resize["baseline"]["accuracy"]
+    csv = (project / "reports/study_resize.csv").read_text().splitlines()
+    assert len(csv) == 1 + len(params["study_resize"]["methods"])
+    assert (project / "reports/figures/study_resize.png").is_file()
+
+    _run_stage(project, "tag_age")
+    tags = pd.read_csv(project / "data/age_tags.csv")
+    assert len(tags) == len(labels) and tags["path"].tolist() == paths.tolist()
+    assert tags.loc[5, "age_group"] == "kid" and tags.loc[5, "source"] == "manual"
+
+    _run_stage(project, "study_age")
+    study = json.loads((project / "reports/study_age.json").read_text())
+    kids, adults = study["groups"]["kid"]["n"], study["groups"]["adult"]["n"]
+    assert kids >= 1 and kids + adults == len(labels)
+    counts = pd.read_csv(project / "reports/study_age_counts.csv", index_col=0)
+    assert list(counts.index) == ["Kids", "Adults"] and counts["Total"].sum() == len(labels)
+    assert (project / "reports/figures/study_age_confusion.png").is_file()
+
+    _run_stage(project, "report")
+    text = (project / "reports/study.md").read_text()
+    assert "## Test-time resize study" in text and "## Kids vs adults" in text
+    assert f"| Kids | {kids:,} |" in text
+    assert "`reports/metrics.json` is missing" in text
