@@ -117,9 +117,10 @@ KILL_SCRIPT = textwrap.dedent(
     import numpy as np, torch
     sys.path.insert(0, {tests!r})
     from test_training import build_tiny, baseline_meta, tiny_config
-    from ferlab.training.loop import fit
+    from ferlab.training.loop import fit, seed_everything
     data = np.load({data!r})
     images, labels = data["images"], data["labels"]
+    seed_everything(7)  # as the train stage does: the same initial weights in every process
     model = build_tiny()
     kill_at = int(os.environ.get("KILL_AT_FORWARD", "0"))
     calls = 0

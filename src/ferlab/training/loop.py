@@ -119,6 +119,15 @@ class _WithHeads(nn.Module):
         return self.model(x), None
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch: call before building a model so its initial weights repeat."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

@@ -15,7 +15,7 @@ from ferlab import tracking
 from ferlab.data.arrays import load_split
 from ferlab.io import atomic_path, write_json
 from ferlab.models import build_model
-from ferlab.training.loop import FitResult, TrainConfig, fit
+from ferlab.training.loop import FitResult, TrainConfig, fit, seed_everything
 
 MODEL_KEYS = ("heads", "width", "activation", "dropout")
 
@@ -60,6 +60,7 @@ def train_from_params(
 
     spec = {"name": model_params["name"], **{k: model_params[k] for k in MODEL_KEYS}}
     input_size = int(model_params["input_size"])
+    seed_everything(config.seed)
     model = build_model(spec["name"], input_size=input_size, **{k: spec[k] for k in MODEL_KEYS})
     n_params = sum(p.numel() for p in model.parameters())
     meta = {
