@@ -3,7 +3,7 @@
 from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.data.arrays import load_split
-from ferlab.evaluation.resize_study import run_study, write_outputs
+from ferlab.evaluation.resize_study import run_study, stratified_subset, write_outputs
 from ferlab.inference import Classifier
 from ferlab.io import write_json
 
@@ -16,15 +16,18 @@ OUT_PNG = "reports/figures/study_resize.png"
 def main() -> None:
     params = load_params()
     study = params["study_resize"]
-    subset = {"study_resize": study}
+    subset = {"seed": params["seed"], "study_resize": study}
     with tracking.stage_run("study_resize", subset, experiment=params["mlflow"]["experiment"]):
         classifier = Classifier.from_checkpoint("models/model.pt")
         # The model is scored on the preprocessing it was trained on (as the evaluate stage does).
         variant = classifier.meta.get("variant", params["train"]["variant"])
         images, labels, _ = load_split("test", variant=variant)
+        total = len(labels)
+        keep = stratified_subset(labels, int(study["max_images"]), params["seed"])
+        images, labels = images[keep], labels[keep]
         batch = int(params["evaluate"]["batch_size"])
         print(
-            f"resize study: {len(images)} test faces ({variant}), model input "
+            f"resize study: {len(images)} of {total} test faces ({variant}), model input "
             f"{classifier.input_size}px, {len(study['sizes'])} sizes × {len(study['methods'])} "
             "interpolation pairs"
         )
@@ -37,6 +40,7 @@ def main() -> None:
             classifier.input_size,
         )
         result["variant"] = variant
+        result["test_images"] = total
         write_json(OUT_JSON, result)
         write_outputs(result, OUT_CSV, OUT_MD, OUT_PNG)
         metrics = {

@@ -48,6 +48,10 @@ def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
     }
     write_json(tmp_path / "metrics.json", metrics)
     write_json(tmp_path / "split_counts.json", {"train": {"anger": 5, "happiness": 7}})
+    scope = {"pairs": 3, "images": 5, "label_conflicts": 1}
+    leakage = {"phash_max_distance": 4, "policy": "report", "train_images_duplicating_test": 9}
+    leakage |= {"exact": {"train_test": scope}, "near": {"train_test": scope}}
+    write_json(tmp_path / "leakage.json", leakage)
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "confusion_test.png").write_bytes(b"\x89PNG")
     text = build_report(tmp_path)
@@ -56,6 +60,8 @@ def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
     assert "![test confusion matrix](figures/confusion_test.png)" in text
     assert "Figure `reports/figures/confusion_val.png` not found" in text
     assert "| train | 5 | 7 |" in text  # a count grid, classes in canonical order
+    assert "| train ↔ test | 3 | 5 | 1 | 3 | 5 | 1 |" in text
+    assert "9 training images duplicate a test image" in text
     assert "`reports/validation.json` is missing" in text
     assert "`reports/train.json` is missing" in text
 
@@ -124,11 +130,13 @@ def test_study_stages_end_to_end(real_faces, tmp_path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["age"]["labels_override"] = "hand.csv"
     params["study_resize"]["sizes"] = [96, 48, 14]
+    params["study_resize"]["max_images"] = 48  # a stratified half: 6 faces per class
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
     _run_stage(project, "study_resize")
     resize = json.loads((project / "reports/study_resize.json").read_text())
-    assert resize["n"] == len(labels) and resize["sizes"] == [96, 48, 14]
+    assert resize["n"] == 48 and resize["test_images"] == len(labels)
+    assert resize["sizes"] == [96, 48, 14]
     for method in params["study_resize"]["methods"]:
         assert resize["accuracy"][method]["48"] == resize["baseline"]["accuracy"]
     csv = (project / "reports/study_resize.csv").read_text().splitlines()

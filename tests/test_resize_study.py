@@ -13,6 +13,7 @@ from ferlab.evaluation.resize_study import (
     plot_study,
     round_trip,
     run_study,
+    stratified_subset,
     table_csv,
     table_markdown,
 )
@@ -104,3 +105,15 @@ def test_study_refuses_mismatched_inputs(real_faces, tiny_classifier: Classifier
         run_study(tiny_classifier.predict_proba, images, labels[:-1], [48], METHODS, 48)
     with pytest.raises(ValueError, match="nearest"):
         run_study(tiny_classifier.predict_proba, images, labels, [48], ["cubic/fancy"], 48)
+
+
+def test_stratified_subset_keeps_class_shares_and_is_seeded() -> None:
+    labels = np.repeat(np.arange(8), [646, 54, 52, 168, 1827, 2587, 861, 905])
+    keep = stratified_subset(labels, 1000, seed=42)
+    assert abs(len(keep) - 1000) <= 8 and len(np.unique(keep)) == len(keep)
+    counts = np.bincount(labels[keep], minlength=8)
+    assert counts.min() >= 7  # even contempt and disgust stay represented
+    assert abs(counts[5] - 2587 * 1000 / 7100) <= 1
+    assert np.array_equal(keep, stratified_subset(labels, 1000, seed=42))
+    assert not np.array_equal(keep, stratified_subset(labels, 1000, seed=7))
+    assert len(stratified_subset(labels, 0, seed=42)) == len(labels)

@@ -111,27 +111,85 @@ def _demote(body: list[str]) -> list[str]:
     return [("#" + line if line.startswith("## ") else line) for line in body]
 
 
+def _class_counts(counts: dict[str, dict[str, int]], totals: dict[str, int] | None) -> list[str]:
+    """split -> class -> count as a table (classes in canonical order) with a total column."""
+    rows = {
+        split: {**per_class, "total": (totals or {}).get(split, sum(per_class.values()))}
+        for split, per_class in counts.items()
+    }
+    return _count_grid(rows) or _generic(counts)
+
+
 def dataset_section(reports: Path) -> list[str]:
     lines = ["## Dataset", ""]
     validation = _load(reports, "validation.json")
     split = _load(reports, "split_counts.json")
-    if validation is not None:
-        lines += ["### Validation (`reports/validation.json`)", "", *_generic(validation)]
-    else:
+    if validation is None:
         lines += _missing("validation.json", "validate")
-    if split is not None:
-        lines += ["### Split counts (`reports/split_counts.json`)", "", *_generic(split)]
+    elif isinstance(validation.get("counts"), dict):
+        checks = validation.get("expectations") or {}
+        failed = validation.get("failed") or []
+        lines += [
+            f"Validation {'passed' if validation.get('success') else '**failed**'}: "
+            f"{_num(validation.get('images', '?'))} images, "
+            f"{_num(checks.get('successful', '?'))} of {_num(checks.get('evaluated', '?'))} "
+            "data expectations met"
+            + (f"; failed: {', '.join(map(str, failed))}" if failed else "")
+            + ". Counts as downloaded:",
+            "",
+            *_class_counts(validation["counts"], validation.get("totals")),
+        ]
     else:
+        lines += ["Validation (`reports/validation.json`):", "", *_generic(validation)]
+    if split is None:
         lines += _missing("split_counts.json", "split")
+    elif isinstance(split.get("counts"), dict):
+        lines += [
+            f"Split ({split.get('mode', '?')}, seed {split.get('seed', '?')}, validation "
+            f"fraction {split.get('val_fraction', '?')} carved from train; "
+            f"{_num(split.get('dropped_duplicates', 0))} duplicates dropped):",
+            "",
+            *_class_counts(split["counts"], split.get("totals")),
+        ]
+    else:
+        lines += ["Split counts (`reports/split_counts.json`):", "", *_generic(split)]
     return lines
 
 
 def leakage_section(reports: Path) -> list[str]:
-    lines = ["## Leakage (near-duplicates across splits)", ""]
+    lines = ["## Leakage (duplicates within and across splits)", ""]
     leakage = _load(reports, "leakage.json")
     if leakage is None:
         return lines + _missing("leakage.json", "validate")
-    lines += _generic(leakage)
+    kinds = [k for k in ("exact", "near") if isinstance(leakage.get(k), dict)]
+    if kinds:
+        scopes = list(dict.fromkeys(scope for k in kinds for scope in leakage[k]))
+        lines += [
+            f"Exact: identical pixels; near: perceptual-hash distance ≤ "
+            f"{leakage.get('phash_max_distance', '?')} (and not exact). Policy: "
+            f"`{leakage.get('policy', '?')}`.",
+            "",
+            "| scope | "
+            + " | ".join(f"{k} pairs | {k} images | {k} label conflicts" for k in kinds)
+            + " |",
+            "|---|" + "---:|" * (3 * len(kinds)),
+        ]
+        for scope in scopes:
+            cells = []
+            for k in kinds:
+                entry = leakage[k].get(scope) or {}
+                cells += [_num(entry.get(f, "–")) for f in ("pairs", "images", "label_conflicts")]
+            label = scope.replace("train_test", "train ↔ test").replace("_", " ")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"{_num(leakage.get('train_images_duplicating_test', '?'))} training images "
+            f"duplicate a test image; {_num(leakage.get('dropped_train_images', 0))} were "
+            "dropped.",
+            "",
+        ]
+    else:
+        lines += _generic(leakage)
     lines += _figure(reports, "figures/leakage_examples.png", "leakage examples")
     return lines
 
