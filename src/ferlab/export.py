@@ -1,0 +1,490 @@
+"""ONNX export (fp32 and int8), the ONNX Runtime classifier, and the bundled default model.
+
+An exported model carries what is needed to use it in its ONNX `metadata_props`: class list,
+input size, normalisation, preprocessing variant and model spec. `OnnxClassifier` reads them
+back and offers the same `predict_proba` as the PyTorch `Classifier`; `load_classifier` picks
+one by file suffix and defaults to the model bundled with the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferlab.classes import CLASSES
+from ferlab.inference import Classifier, softmax, to_tensor
+from ferlab.io import atomic_path, write_json
+from ferlab.training.checkpoint import NORMALIZATION
+
+INPUT_NAME = "faces"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+INT8_METHODS: tuple[str, ...] = ("static", "dynamic")
+QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+# Metadata keys written into every exported model; values are strings (JSON where structured).
+META_KEYS: tuple[str, ...] = ("classes", "input_size", "normalization", "variant", "model")
+BUNDLED_MAX_BYTES = 10 * 1024 * 1024
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET
+) -> dict[str, Any]:
+    """Export a checkpoint to fp32 ONNX with a dynamic batch axis; returns the stored metadata.
+
+    Input `faces` is N×1×S×S float (already normalised by `to_tensor`), output `logits` N×C.
+    """
+    import onnx
+    import torch
+
+    from ferlab.training.checkpoint import load_model
+
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use 17 or newer")
+    model, meta = load_model(checkpoint, expected_classes=None)
+    size = int(meta["input_size"])
+    dummy = torch.zeros(1, 1, size, size)
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
+            # onnxscript (not a dependency); it still exports these plain conv nets exactly.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        proto = onnx.load(str(tmp))
+        stored = model_metadata(meta)
+        set_metadata(proto, {**stored, "precision": "fp32", "opset": str(opset)})
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return stored
+
+
+def model_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The metadata_props of an exported model, from a checkpoint's metadata."""
+    return {
+        "classes": json.dumps(list(meta["classes"])),
+        "input_size": str(int(meta["input_size"])),
+        "normalization": json.dumps(dict(meta.get("normalization", NORMALIZATION))),
+        "variant": str(meta.get("variant", "original")),
+        "model": json.dumps(meta["model"]),
+    }
+
+
+def set_metadata(proto: Any, values: dict[str, str]) -> None:
+    """Replace (or add) metadata_props entries of an ONNX ModelProto."""
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """metadata_props of an ONNX file as a dict (without loading the weights)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+class _FaceBatches:
+    """Calibration data for static quantisation: real faces, normalised by `to_tensor`."""
+
+    def __init__(self, faces: np.ndarray, input_size: int, batch_size: int = 32) -> None:
+        self._batches: Iterator[np.ndarray] = (
+            to_tensor(faces[i : i + batch_size], input_size).numpy()
+            for i in range(0, len(faces), batch_size)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_int8(
+    fp32: str | Path,
+    out: str | Path,
+    method: str = "static",
+    calibration_faces: np.ndarray | None = None,
+) -> None:
+    """Write an int8 copy of an fp32 export, with the same metadata plus its method.
+
+    `static`: QDQ, per-channel int8 weights and uint8 activations whose ranges are calibrated on
+    `calibration_faces` (real uint8 faces). `dynamic`: int8 weights, activations quantised on
+    the fly; needs no calibration data.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method {method!r}; choose one of {INT8_METHODS}")
+    meta = read_metadata(fp32)
+    with atomic_path(out) as tmp:
+        prepared = tmp.with_name("prepared.onnx")
+        # Shape inference + graph optimisation first, as ONNX Runtime recommends: it folds
+        # BatchNorm into Conv so the folded weights, not the raw ones, get quantised.
+        quant_pre_process(str(fp32), str(prepared))
+        if method == "static":
+            if calibration_faces is None or len(calibration_faces) == 0:
+                raise ValueError("static int8 quantisation needs calibration faces")
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _FaceBatches(calibration_faces, int(meta["input_size"])),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                # The weighted layers hold nearly all the compute and the weights; leaving
+                # element-wise ops (attention gates, BatchNorm after MixConv) in float keeps
+                # their accuracy and makes calibration faster.
+                op_types_to_quantize=list(QUANTIZED_OPS),
+            )
+        else:
+            quantize_dynamic(
+                str(prepared),
+                str(tmp),
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+            )
+        prepared.unlink()
+        proto = onnx.load(str(tmp))
+        set_metadata(proto, {**meta, "precision": "int8", "quantization": method})
+        onnx.save(proto, str(tmp))
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+
+
+class OnnxClassifier:
+    """An exported model on ONNX Runtime (CPU), with the `Classifier` interface."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 0,
+        expected_classes: tuple[str, ...] | None = CLASSES,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no ONNX model; export one with `ferlab export`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (all cores)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ValueError(
+                f"{path}: not a readable ONNX model ({exc.__class__.__name__})"
+            ) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in META_KEYS if k not in props]
+        if missing:
+            raise ValueError(
+                f"{path}: ONNX model lacks ferlab metadata {missing}; "
+                "export it with `ferlab export` (or stages/export.py)"
+            )
+        self.path = path
+        self.meta: dict[str, Any] = {
+            "classes": json.loads(props["classes"]),
+            "input_size": int(props["input_size"]),
+            "normalization": json.loads(props["normalization"]),
+            "variant": props["variant"],
+            "model": json.loads(props["model"]),
+            "precision": props.get("precision", "fp32"),
+            "quantization": props.get("quantization"),
+        }
+        if expected_classes is not None and self.meta["classes"] != list(expected_classes):
+            raise ValueError(
+                f"{path}: class list {self.meta['classes']} differs from {list(expected_classes)}"
+            )
+        if self.meta["normalization"] != NORMALIZATION:
+            # to_tensor applies the one project normalisation; a model trained with another
+            # would silently get wrong inputs.
+            raise ValueError(
+                f"{path}: normalisation {self.meta['normalization']} differs from the "
+                f"project's {NORMALIZATION}; re-export it from a current checkpoint"
+            )
+        self.input_size: int = self.meta["input_size"]
+        self.classes: list[str] = list(self.meta["classes"])
+
+    def logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        out = []
+        for start in range(0, len(faces), batch_size):
+            x = to_tensor(faces[start : start + batch_size], self.input_size).numpy()
+            out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return softmax(self.logits(faces, batch_size))
+
+
+AnyClassifier = Classifier | OnnxClassifier
+
+
+def bundled_model_path() -> Path:
+    """The ONNX model shipped inside the package (src/ferlab/bundled/model.onnx)."""
+    return Path(str(resources.files("ferlab") / "bundled" / "model.onnx"))
+
+
+def load_classifier(path: str | Path | None = None, threads: int = 0) -> AnyClassifier:
+    """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime).
+
+    No path means the bundled model, so the commands work right after install.
+    """
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: this install has no bundled model; pass --model models/model.pt "
+                "(or an .onnx export), or run `dvc repro export` to create it"
+            )
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return Classifier.from_checkpoint(path)
+    if suffix == ".onnx":
+        return OnnxClassifier(path, threads=threads)
+    raise ValueError(f"{path}: unknown model type {suffix!r}; give a .pt checkpoint or an .onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements and the bundled model
+
+
+def accuracy(classifier: AnyClassifier, faces: np.ndarray, labels: np.ndarray) -> float:
+    return float((classifier.predict_proba(faces).argmax(1) == labels).mean())
+
+
+def max_probability_difference(
+    a: AnyClassifier, b: AnyClassifier, faces: np.ndarray, batch_size: int = 256
+) -> float:
+    """Largest absolute difference between two classifiers' probabilities on the same faces."""
+    return float(
+        np.abs(
+            a.predict_proba(faces, batch_size).astype(np.float64)
+            - b.predict_proba(faces, batch_size).astype(np.float64)
+        ).max()
+    )
+
+
+def sample_indices(n: int, k: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of min(k, n) indices out of n."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(k, n), replace=False))
+
+
+def choose_int8(
+    fp32: str | Path,
+    out: str | Path,
+    calibration_faces: np.ndarray,
+    val_faces: np.ndarray,
+    val_labels: np.ndarray,
+    methods: tuple[str, ...] = INT8_METHODS,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Quantise with each method, keep the one most accurate on the (real) validation faces.
+
+    Choosing on validation faces keeps the test faces untouched for the reported drop.
+    """
+    out = Path(out)
+    scores: dict[str, float] = {}
+    for method in methods:
+        candidate = out.with_name(f"{out.stem}.{method}.onnx")
+        quantize_int8(fp32, candidate, method, calibration_faces)
+        scores[method] = accuracy(OnnxClassifier(candidate), val_faces, val_labels)
+        log(f"export: int8 {method}: val accuracy {scores[method]:.4f} on {len(val_labels)} faces")
+    best = max(methods, key=lambda m: (scores[m], -methods.index(m)))
+    for method in methods:
+        candidate = out.with_name(f"{out.stem}.{method}.onnx")
+        if method == best:
+            candidate.replace(out)
+        else:
+            candidate.unlink()
+    return {"method": best, "val_accuracy": scores}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refresh_bundled(
+    candidates: list[Path], card: dict[str, Any], target_dir: str | Path
+) -> dict[str, Any]:
+    """Copy the first candidate under the size limit to <target_dir>/model.onnx and write its
+    model card; returns the card. Candidates are in order of preference (fp32 first)."""
+    target_dir = Path(target_dir)
+    fitting = [p for p in candidates if p.stat().st_size < BUNDLED_MAX_BYTES]
+    if not fitting:
+        sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in candidates)
+        raise ValueError(
+            f"no export fits the bundled-model limit of {BUNDLED_MAX_BYTES / 1e6:.1f} MB "
+            f"({sizes}); choose a smaller model (model.width) before bundling"
+        )
+    chosen = fitting[0]
+    meta = read_metadata(chosen)
+    with atomic_path(target_dir / "model.onnx") as tmp:
+        shutil.copyfile(chosen, tmp)
+    card = {
+        **card,
+        "file": "model.onnx",
+        "sha256": file_sha256(target_dir / "model.onnx"),
+        "size_bytes": (target_dir / "model.onnx").stat().st_size,
+        "precision": meta.get("precision", "fp32"),
+        "quantization": meta.get("quantization"),
+        "exported_from": chosen.name,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(target_dir / "model_card.json", card)
+    return card
+
+
+def _subset(
+    split: str, variant: str, arrays_root: str | Path, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    from ferlab.data.arrays import load_split
+
+    images, labels, _ = load_split(split, variant, arrays_root)
+    index = sample_indices(len(images), k, seed)
+    return images[index], labels[index]
+
+
+def export_all(
+    checkpoint: str | Path = "models/model.pt",
+    arrays_root: str | Path = "data/arrays",
+    onnx_out: str | Path = "models/model.onnx",
+    int8_out: str | Path = "models/model.int8.onnx",
+    bundled_dir: str | Path | None = None,
+    test_metrics_path: str | Path = "reports/metrics.json",
+    params: dict[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+    int8_methods: tuple[str, ...] = INT8_METHODS,
+    test_images: int = 1000,
+    calibration_images: int = 512,
+    seed: int = 42,
+    note: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """The export stage's work: fp32 + int8 exports, their agreement and accuracy on real test
+    faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report."""
+    from ferlab.io import read_json
+    from ferlab.training.checkpoint import read_checkpoint
+
+    onnx_out, int8_out = Path(onnx_out), Path(int8_out)
+    meta = export_onnx(checkpoint, onnx_out, opset)
+    variant = meta["variant"]
+    log(f"export: {onnx_out} ({onnx_out.stat().st_size / 1e6:.1f} MB, variant {variant})")
+
+    test_faces, test_labels = _subset("test", variant, arrays_root, test_images, seed)
+    val_faces, val_labels = _subset("val", variant, arrays_root, test_images, seed)
+    calibration, _ = _subset("train", variant, arrays_root, calibration_images, seed)
+
+    torch_model = Classifier.from_checkpoint(checkpoint)
+    fp32 = OnnxClassifier(onnx_out)
+    p_torch = torch_model.predict_proba(test_faces)
+    p_fp32 = fp32.predict_proba(test_faces)
+    choice = choose_int8(onnx_out, int8_out, calibration, val_faces, val_labels, int8_methods, log)
+    p_int8 = OnnxClassifier(int8_out).predict_proba(test_faces)
+
+    acc_torch = float((p_torch.argmax(1) == test_labels).mean())
+    acc_int8 = float((p_int8.argmax(1) == test_labels).mean())
+    report: dict[str, Any] = {
+        "opset": opset,
+        "variant": variant,
+        "n_test_images": len(test_labels),
+        "pytorch_accuracy": acc_torch,
+        "fp32_accuracy": float((p_fp32.argmax(1) == test_labels).mean()),
+        "fp32_max_prob_diff": float(np.abs(p_fp32.astype(np.float64) - p_torch).max()),
+        "int8_method": choice["method"],
+        "int8_val_accuracy": choice["val_accuracy"],
+        "int8_accuracy": acc_int8,
+        "int8_accuracy_drop": acc_torch - acc_int8,
+        "int8_agreement_with_fp32": float((p_int8.argmax(1) == p_fp32.argmax(1)).mean()),
+        "int8_max_prob_diff": float(np.abs(p_int8.astype(np.float64) - p_fp32).max()),
+        "fp32_size_mb": onnx_out.stat().st_size / 1e6,
+        "int8_size_mb": int8_out.stat().st_size / 1e6,
+    }
+    log(
+        f"export: fp32 vs PyTorch max probability difference {report['fp32_max_prob_diff']:.2e}; "
+        f"int8 ({choice['method']}) accuracy {acc_int8:.4f} vs {acc_torch:.4f} on "
+        f"{len(test_labels)} test faces"
+    )
+    if bundled_dir is not None:
+        payload = read_checkpoint(checkpoint)
+        test_metrics = None
+        if Path(test_metrics_path).is_file():
+            test_metrics = read_json(test_metrics_path).get("test")
+        card = {
+            "name": "ferlab expression model",
+            "classes": list(CLASSES),
+            "input_size": int(payload["input_size"]),
+            "variant": variant,
+            "model": payload["model"],
+            "n_parameters": payload.get("n_parameters"),
+            "data_sha256": payload.get("data_sha256"),
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "params": params or {},
+            "test_metrics": test_metrics,
+            "test_metrics_source": str(test_metrics_path) if test_metrics else None,
+            "export": {k: v for k, v in report.items() if k != "int8_val_accuracy"},
+            "how_made": (
+                f"`dvc repro export`: {checkpoint} exported with torch.onnx.export (opset "
+                f"{opset}, dynamic batch); int8 by ONNX Runtime {choice['method']} quantisation "
+                f"(the most accurate on {len(val_labels)} real validation faces); the fp32 file "
+                f"is bundled when under {BUNDLED_MAX_BYTES / 1e6:.1f} MB, else the int8 one"
+            ),
+        }
+        if note:
+            card["note"] = note
+        card = refresh_bundled([onnx_out, int8_out], card, bundled_dir)
+        report["bundled"] = {
+            "precision": card["precision"],
+            "size_mb": card["size_bytes"] / 1e6,
+            "sha256": card["sha256"],
+        }
+        log(f"export: bundled {card['exported_from']} ({card['size_bytes'] / 1e6:.1f} MB)")
+    return report

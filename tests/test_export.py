@@ -1,0 +1,248 @@
+"""ONNX export: agreement with PyTorch on real faces, metadata, int8, the DVC stage, the bundled
+model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from ferlab.classes import CLASSES
+from ferlab.export import (
+    BUNDLED_MAX_BYTES,
+    OnnxClassifier,
+    bundled_model_path,
+    choose_int8,
+    export_onnx,
+    file_sha256,
+    load_classifier,
+    read_metadata,
+)
+from ferlab.inference import Classifier
+from ferlab.io import save_npz, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_SPEC = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+
+
+def train_small(
+    images: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    epochs: int = 25,
+    augment: bool = False,
+    variant: str = "original",
+) -> Path:
+    """A small real model fitted on the given faces (it does well on them: that is the point)."""
+    from ferlab.models import build_model
+    from ferlab.training.loop import TrainConfig, fit
+
+    spec = dict(SMALL_SPEC)
+    model = build_model(spec.pop("name"), input_size=48, **spec)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=8 if augment else 16,
+        lr=3e-3,
+        scheduler="none",
+        augment=augment,
+        early_stopping_patience=0,
+        bf16=False,
+        threads=1,
+        seed=7,
+    )
+    meta = {"model": SMALL_SPEC, "input_size": 48, "variant": variant, "data_sha256": "test"}
+    fit(model, images, labels, images, labels, config, path, meta, log=lambda _m: None)
+    return path
+
+
+def real_train_faces(fer_zip: zipfile.ZipFile, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` real faces of each class of the FER2013+ train split."""
+    import cv2
+
+    from ferlab.classes import CLASS_TO_INDEX
+
+    images, labels = [], []
+    for label in CLASSES:
+        prefix = f"fer2013plus/train/{label}/"
+        names = sorted(n for n in fer_zip.namelist() if n.startswith(prefix) and n.endswith(".png"))
+        for name in names[:per_class]:
+            data = np.frombuffer(fer_zip.read(name), dtype=np.uint8)
+            images.append(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE))
+            labels.append(CLASS_TO_INDEX[label])
+    return np.stack(images), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(real_faces, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    images, labels = real_faces
+    return train_small(images, labels, tmp_path_factory.mktemp("export") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def exported(small_checkpoint: Path) -> Path:
+    out = small_checkpoint.with_name("model.onnx")
+    export_onnx(small_checkpoint, out)
+    return out
+
+
+def test_onnx_agrees_with_pytorch_on_real_faces(real_faces, small_checkpoint, exported) -> None:
+    images, _ = real_faces
+    torch_probs = Classifier.from_checkpoint(small_checkpoint).predict_proba(images)
+    onnx_model = OnnxClassifier(exported)
+    onnx_probs = onnx_model.predict_proba(images)
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+    # The batch axis is dynamic: one face at a time gives the same answers.
+    one_by_one = np.concatenate([onnx_model.predict_proba(images[i : i + 1]) for i in range(5)])
+    assert np.abs(one_by_one - onnx_probs[:5]).max() < 1e-5
+
+
+def test_onnx_carries_its_metadata(exported) -> None:
+    proto = onnx.load(str(exported))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    meta = read_metadata(exported)
+    assert json.loads(meta["classes"]) == list(CLASSES)
+    assert meta["input_size"] == "48"
+    assert json.loads(meta["normalization"]) == {"mean": 0.5, "std": 0.5}
+    assert meta["variant"] == "original"
+    assert json.loads(meta["model"])["name"] == SMALL_SPEC["name"]
+    assert meta["precision"] == "fp32"
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # symbolic, not fixed
+
+
+def test_int8_accuracy_drop_on_real_faces_is_measured(fer_zip, real_faces, exported) -> None:
+    test_images, test_labels = real_faces
+    calibration, _ = real_train_faces(fer_zip, 8)
+    int8_path = exported.with_name("model.int8.onnx")
+    choice = choose_int8(exported, int8_path, calibration, test_images, test_labels)
+    assert choice["method"] in ("static", "dynamic")
+    assert set(choice["val_accuracy"]) == {"static", "dynamic"}
+    int8 = OnnxClassifier(int8_path)
+    assert int8.meta["precision"] == "int8" and int8.meta["quantization"] == choice["method"]
+    assert int8_path.stat().st_size < 0.6 * exported.stat().st_size
+    fp32_accuracy = float(
+        (OnnxClassifier(exported).predict_proba(test_images).argmax(1) == test_labels).mean()
+    )
+    int8_accuracy = float((int8.predict_proba(test_images).argmax(1) == test_labels).mean())
+    print(f"int8 accuracy drop on {len(test_labels)} real faces: {fp32_accuracy - int8_accuracy}")
+    # The kept method is the more accurate one, and int8 stays close to fp32.
+    assert int8_accuracy == pytest.approx(max(choice["val_accuracy"].values()))
+    assert fp32_accuracy - int8_accuracy < 0.1
+    assert not list(exported.parent.glob("model.int8.*.onnx"))  # the losing candidate is gone
+
+
+def test_load_classifier_picks_the_runtime_by_suffix(small_checkpoint, exported, tmp_path) -> None:
+    assert isinstance(load_classifier(small_checkpoint), Classifier)
+    onnx_model = load_classifier(exported)
+    assert isinstance(onnx_model, OnnxClassifier)
+    assert onnx_model.meta["variant"] == "original" and onnx_model.input_size == 48
+    with pytest.raises(ValueError, match=r"\.h5"):
+        load_classifier(tmp_path / "model.h5")
+    # An ONNX file without our metadata is refused with the fix, not run with guessed inputs.
+    bare = onnx.load(str(exported))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="metadata"):
+        load_classifier(tmp_path / "bare.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk\.onnx"):
+        load_classifier(tmp_path / "junk.onnx")
+
+
+def test_bundled_model_works_out_of_the_box(real_faces) -> None:
+    path = bundled_model_path()
+    assert path.is_file(), "src/ferlab/bundled/model.onnx is missing: run `dvc repro export`"
+    assert path.stat().st_size < BUNDLED_MAX_BYTES
+    model = load_classifier()  # no path: the bundled model
+    assert isinstance(model, OnnxClassifier) and model.classes == list(CLASSES)
+    card = json.loads((path.parent / "model_card.json").read_text())
+    assert card["sha256"] == file_sha256(path)
+    for key in ("data_sha256", "params", "test_metrics", "created_utc", "how_made", "model"):
+        assert key in card, key
+    images, labels = real_faces
+    accuracy = float((model.predict_proba(images).argmax(1) == labels).mean())
+    assert accuracy > 0.35  # 12 real test faces per class; chance is 0.125
+
+
+def project_copy(target: Path) -> Path:
+    """The files git would ship, in a fresh git repo (DVC needs one)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, listed):
+        source = ROOT / name.decode()
+        if source.is_file():
+            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name.decode())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=target, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=target, check=True)
+    return target
+
+
+def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> None:
+    repo = project_copy(tmp_path / "repo")
+    images, labels = real_faces
+    (repo / "models").mkdir()
+    shutil.copy2(small_checkpoint, repo / "models/model.pt")
+    for split in ("train", "val", "test"):
+        paths = np.array([f"{split}/{i}.png" for i in range(len(labels))])
+        save_npz(
+            repo / f"data/arrays/original_{split}.npz",
+            images=images,
+            labels=labels,
+            paths=paths,
+            face_found=np.ones(len(labels), bool),
+        )
+    write_json(repo / "reports/metrics.json", {"test": {"accuracy": 0.5, "n": len(labels)}})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["realtime"].update(export_test_images=80, calibration_images=32)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bundled_before = (repo / "src/ferlab/bundled/model.onnx").read_bytes()
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        ["dvc", "repro", "--single-item", "export"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((repo / "reports/export.json").read_text())
+    assert report["n_test_images"] == 80
+    assert report["fp32_max_prob_diff"] < 1e-4
+    assert report["int8_method"] in ("static", "dynamic")
+    assert "int8_accuracy_drop" in report
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = {o["path"] for o in lock["stages"]["export"]["outs"]}
+    assert {"models/model.onnx", "models/model.int8.onnx", "src/ferlab/bundled/model.onnx"} <= outs
+
+    bundled = repo / "src/ferlab/bundled/model.onnx"
+    assert bundled.read_bytes() != bundled_before  # refreshed from this checkpoint
+    assert bundled.stat().st_size < BUNDLED_MAX_BYTES
+    card = json.loads((repo / "src/ferlab/bundled/model_card.json").read_text())
+    assert card["data_sha256"] == "test"
+    assert card["test_metrics"] == {"accuracy": 0.5, "n": len(labels)}
+    assert card["params"]["model"]["name"] == params["model"]["name"]
+    assert card["sha256"] == file_sha256(bundled)
+    assert card["precision"] == "fp32"  # the small model fits under the limit unquantised
+    probs = OnnxClassifier(bundled).predict_proba(images)
+    torch_probs = Classifier.from_checkpoint(small_checkpoint).predict_proba(images)
+    assert np.abs(probs - torch_probs).max() < 1e-4

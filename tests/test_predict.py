@@ -1,0 +1,142 @@
+"""`ferlab predict`: agreement with evaluate, faces found in photos, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from test_export import train_small
+from typer.testing import CliRunner
+
+from ferlab.classes import CLASSES
+from ferlab.cli import app
+from ferlab.export import export_onnx
+from ferlab.io import save_npz
+from ferlab.realtime import NO_FACE
+
+runner = CliRunner()
+
+
+def write_faces(images: np.ndarray, labels: np.ndarray, folder: Path) -> list[Path]:
+    """Real faces as PNG files, one folder per class (like the Kaggle layout)."""
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / CLASSES[label] / f"face{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def checkpoint(real_faces, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    images, labels = real_faces
+    return train_small(images, labels, tmp_path_factory.mktemp("predict") / "model.pt")
+
+
+def test_predict_no_detect_agrees_with_evaluate(real_faces, checkpoint, tmp_path) -> None:
+    from ferlab.evaluation.evaluate import evaluate_checkpoint
+
+    images, labels = real_faces
+    paths = write_faces(images, labels, tmp_path / "faces")
+    # evaluate scores the cached arrays; build them from the very same files.
+    for split in ("val", "test"):
+        save_npz(
+            tmp_path / f"arrays/original_{split}.npz",
+            images=images,
+            labels=labels,
+            paths=np.array([str(p) for p in paths]),
+            face_found=np.ones(len(labels), bool),
+        )
+    evaluate_checkpoint(checkpoint, tmp_path / "arrays", tmp_path / "reports")
+    expected = pd.read_csv(tmp_path / "reports/predictions_test.csv").set_index("path")
+
+    out = tmp_path / "predictions.csv"
+    done = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "faces"),
+            "--no-detect",
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    got = pd.read_csv(out).set_index("file")
+    assert len(got) == len(paths) and (got["face"] == 0).all()
+    got = got.loc[expected.index]
+    assert (got["label"] == expected["predicted"]).all()
+    assert np.abs(got[list(CLASSES)].to_numpy() - expected[list(CLASSES)].to_numpy()).max() < 2e-6
+    assert (got["box_w"] == 48).all() and (got["box_h"] == 48).all()
+
+    # The ONNX export of the same checkpoint gives the same answers.
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(checkpoint, onnx_path)
+    out_onnx = tmp_path / "predictions_onnx.csv"
+    done = runner.invoke(
+        app,
+        [
+            "predict",
+            *map(str, paths),
+            "--no-detect",
+            "--model",
+            str(onnx_path),
+            "--out",
+            str(out_onnx),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    via_onnx = pd.read_csv(out_onnx).set_index("file").loc[got.index]
+    assert (via_onnx["label"] == got["label"]).all()
+    assert np.abs(via_onnx[list(CLASSES)].to_numpy() - got[list(CLASSES)].to_numpy()).max() < 1e-4
+
+
+def test_predict_finds_each_face_in_a_photo(real_faces, tmp_path) -> None:
+    images, _ = real_faces
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    canvas = np.full((300, 480), 110, np.uint8)
+    spots = [(30, 60), (270, 60)]  # top-left corners of two real faces enlarged to 180 px
+    for (x, y), face in zip(spots, images[[50, 60]], strict=True):
+        big = cv2.resize(face, (180, 180), interpolation=cv2.INTER_CUBIC)
+        canvas[y : y + 180, x : x + 180] = big
+    cv2.imwrite(str(photos / "two_faces.jpg"), cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
+    cv2.imwrite(str(photos / "empty.png"), np.full((200, 200), 110, np.uint8))
+
+    out = tmp_path / "predictions.csv"
+    done = runner.invoke(app, ["predict", str(photos), "--out", str(out)])  # the bundled model
+    assert done.exit_code == 0, done.output
+    rows = pd.read_csv(out)
+    empty = rows[rows["file"].str.endswith("empty.png")]
+    assert len(empty) == 1 and empty["label"].iloc[0] == NO_FACE
+    faces = rows[rows["file"].str.endswith("two_faces.jpg")]
+    assert list(faces["face"]) == [0, 1]
+    centres = sorted(
+        zip(faces["box_x"] + faces["box_w"] / 2, faces["box_y"] + faces["box_h"] / 2, strict=True)
+    )
+    for (cx, cy), (x, y) in zip(centres, spots, strict=True):
+        assert x < cx < x + 180 and y < cy < y + 180
+    assert set(faces["label"]) <= set(CLASSES)
+    assert np.allclose(faces[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_predict_bad_image_is_one_clear_error(real_faces, tmp_path) -> None:
+    images, labels = real_faces
+    write_faces(images[:3], labels[:3], tmp_path / "faces")
+    (tmp_path / "faces/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "predictions.csv"
+    done = runner.invoke(
+        app, ["predict", str(tmp_path / "faces"), "--no-detect", "--out", str(out)]
+    )
+    assert done.exit_code == 1
+    assert "broken.png" in done.output and "not a readable image" in done.output
+    assert not out.exists() and not list(tmp_path.glob(".predictions.csv*"))
+
+    done = runner.invoke(app, ["predict", str(tmp_path / "missing"), "--out", str(out)])
+    assert done.exit_code == 1 and "missing: no such image file or folder" in done.output
