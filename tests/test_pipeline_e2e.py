@@ -68,7 +68,7 @@ def test_dvc_repro_through_evaluate(subset_zip: Path, tmp_path: Path) -> None:
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(PIPELINE_STAGES) <= set(lock["stages"])
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train.epochs"] == 2
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 2
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     for split in ("val", "test"):
@@ -111,6 +111,6 @@ def test_dvc_repro_through_evaluate(subset_zip: Path, tmp_path: Path) -> None:
     assert len(commit_tags) == 1 and len(commit_tags[0][0]) == 40
 
     # Nothing changed, nothing reruns: the pipeline is reproducible as recorded.
-    status = run(["dvc", "status"], repo)
+    status = run(["dvc", "status", "evaluate"], repo)
     assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
     assert params["model"]["name"] == "baseline"
