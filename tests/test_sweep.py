@@ -1,0 +1,117 @@
+"""scripts/sweep.sh: a queued grid of real DVC experiments, each one logged to MLflow."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_helpers import TEST_PROFILE, clone_baseline, git, set_args, small_baseline
+from test_pipeline_e2e import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The scripts alone in an empty folder: a bad argument must stop them before any dvc call."""
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts", dirs_exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", "scripts/sweep.sh", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_queued_two_by_two_sweep_gives_four_experiments_and_mlflow_runs(
+    subset_zip: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    repo = clone_baseline(small_baseline(subset_zip, tmp_path_factory), tmp_path / "repo")
+    train = yaml.safe_load((repo / "params.yaml").read_text())["train"]
+    # Values the baseline did not run: DVC restores a stage it has already run with the same
+    # code, data and params from its run-cache, and a restored stage logs no new MLflow run.
+    lrs = [lr for lr in (0.03, 0.003, 0.0003) if lr != train["lr"]][:2]
+    batches = [b for b in (16, 48, 24) if b != train["batch_size"]][:2]
+    axes = [f"train.lr={lrs[0]},{lrs[1]}", f"train.batch_size={batches[0]},{batches[1]}"]
+
+    run(["bash", "scripts/sweep.sh", "--profile", "small", *set_args(TEST_PROFILE), *axes], repo)
+
+    # dvc exp show: four finished experiments on the baseline commit, one per grid point.
+    head = git(repo, "rev-parse", "HEAD").strip()
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    baseline = next(entry for entry in shown if entry["rev"] == head)
+    experiments: dict[str, tuple[float, int]] = {}
+    test_accuracy: dict[str, float] = {}
+    for exp in baseline["experiments"]:
+        data = exp["revs"][0]["data"]
+        params = data["params"]["params.yaml"]["data"]
+        experiments[exp["name"]] = (params["train"]["lr"], params["train"]["batch_size"])
+        metrics = data["metrics"]["reports/metrics.json"]["data"]
+        test_accuracy[exp["name"]] = metrics["test"]["accuracy"]
+        assert params["split"]["max_per_class"] == 20  # the profile applied to every one
+    assert len(experiments) == 4, experiments
+    assert sorted(experiments.values()) == sorted(itertools.product(lrs, batches))
+
+    # MLflow: the queued runs (in .dvc/tmp/exps copies) all landed in the project's store, each
+    # train and evaluate run tagged with its experiment's name and carrying its params.
+    db = sqlite3.connect(repo / "mlflow.db")
+    rows = db.execute(
+        "SELECT r.run_uuid, s.value, x.value, r.status FROM runs r "
+        "JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'stage' "
+        "JOIN tags x ON x.run_uuid = r.run_uuid AND x.key = 'dvc_experiment'"
+    ).fetchall()
+    by_stage: dict[str, dict[str, str]] = {"train": {}, "evaluate": {}}
+    for run_id, stage, name, status in rows:
+        if name in experiments and stage in by_stage:
+            assert name not in by_stage[stage], f"two {stage} runs for {name}"
+            assert status == "FINISHED"
+            by_stage[stage][name] = run_id
+    assert set(by_stage["train"]) == set(experiments)
+    assert set(by_stage["evaluate"]) == set(experiments)
+
+    def param(run_id: str, key: str) -> str:
+        query = "SELECT value FROM params WHERE run_uuid = ? AND key = ?"
+        return db.execute(query, (run_id, key)).fetchone()[0]
+
+    logged = {
+        name: (float(param(run_id, "train.lr")), int(param(run_id, "train.batch_size")))
+        for name, run_id in by_stage["train"].items()
+    }
+    assert logged == experiments  # four runs, four distinct (lr, batch size) pairs
+    for name, run_id in by_stage["evaluate"].items():
+        query = "SELECT value FROM latest_metrics WHERE run_uuid = ? AND key = 'test_accuracy'"
+        value = db.execute(query, (run_id,)).fetchone()[0]
+        assert value == pytest.approx(test_accuracy[name])
+
+
+def test_default_grid_names_existing_params(tmp_path: Path) -> None:
+    shown = sweep(tmp_path, "--show-grid")
+    assert shown.returncode == 0
+    axes = shown.stdout.split()
+    assert {axis.partition("=")[0] for axis in axes} == {
+        "model.heads",
+        "model.activation",
+        "train.lr",
+        "train.batch_size",
+        "train.optimizer",
+    }
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for axis in axes:
+        group, key = axis.partition("=")[0].split(".")
+        assert key in params[group], axis
+        assert len(axis.partition("=")[2].split(",")) == 2, axis
+
+
+def test_bad_arguments_are_refused_before_queueing(tmp_path: Path) -> None:
+    not_an_axis = sweep(tmp_path, "train.lr")
+    assert not_an_axis.returncode == 2 and "group.key=v1,v2" in not_an_axis.stderr
+    bad_jobs = sweep(tmp_path, "-j", "0", "train.lr=0.1,0.01")
+    assert bad_jobs.returncode == 2 and "positive integer" in bad_jobs.stderr
+    bad_profile = sweep(tmp_path, "--profile", "tiny", "train.lr=0.1,0.01")
+    assert bad_profile.returncode == 2 and "'small' or 'full'" in bad_profile.stderr
