@@ -89,7 +89,9 @@ def study_markdown(study: dict[str, Any], tag_sources: dict[str, int] | None = N
         "|---|---:|" + "---:|" * len(CLASSES),
     ]
     for group, row in table.iterrows():
-        lines.append(f"| {group} | {row['Total']} | " + " | ".join(str(row[c]) for c in CLASSES))
+        lines.append(
+            f"| {group} | {row['Total']:,} | " + " | ".join(f"{row[c]:,}" for c in CLASSES)
+        )
         lines[-1] += " |"
     lines += [
         "",

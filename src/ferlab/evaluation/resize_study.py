@@ -172,8 +172,8 @@ def _sample_note(result: dict) -> str:
     if total <= result["n"]:
         return ""
     return (
-        f" (a class-stratified, seeded sample of the {total:,}: `study_resize.max_images`, "
-        "since every cell is a full pass of the model on a 2-core CPU)"
+        f", a class-stratified, seeded sample of the {total:,} test faces "
+        "(`study_resize.max_images`: every cell is a full pass of the model, slow on a CPU)"
     )
 
 
@@ -184,13 +184,12 @@ def table_markdown(result: dict) -> str:
     lines = [
         "# Test-time resize study",
         "",
-        f"Each of the {result['n']:,} test faces{_sample_note(result)} ({src}×{src}) is resized "
-        "to s×s with the first "
-        f"interpolation and back to the model's input size ({result['input_size']}×"
-        f"{result['input_size']}) with the second, then classified. Accuracy in %; the best "
-        "size of each row in bold. Without any resize the model scores "
+        f"Each test face ({src}×{src}) is resized to s×s with the first interpolation and back "
+        f"to the model's input size ({result['input_size']}×{result['input_size']}) with the "
+        f"second, then classified. Faces: {result['n']:,}{_sample_note(result)}. Accuracy in %; "
+        "the best size of each row in bold. Without any resize the model scores "
         f"{100 * result['baseline']['accuracy']:.2f}% "
-        f"(balanced {100 * result['baseline']['balanced_accuracy']:.2f}%).",
+        f"(balanced {100 * result['baseline']['balanced_accuracy']:.2f}%) on these faces.",
         "",
         f"With {result['n']:,} faces one cell's standard error is about "
         f"{100 * _standard_error(result):.1f} points; cells of one column share their faces, "
