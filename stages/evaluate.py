@@ -7,9 +7,9 @@ from ferlab.evaluation.evaluate import evaluate_checkpoint
 
 def main() -> None:
     params = load_params()
-    with tracking.stage_run(
-        "evaluate", {"evaluate": params["evaluate"]}, experiment=params["mlflow"]["experiment"]
-    ):
+    # The model and training params are logged here too, so the UI compares evaluate runs alone.
+    logged = {k: params[k] for k in ("seed", "model", "train", "evaluate")}
+    with tracking.stage_run("evaluate", logged, experiment=params["mlflow"]["experiment"]):
         results = evaluate_checkpoint(
             "models/model.pt", batch_size=params["evaluate"]["batch_size"]
         )
