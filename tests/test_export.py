@@ -134,8 +134,10 @@ def test_int8_accuracy_drop_on_real_faces_is_measured(fer_zip, real_faces, expor
     )
     int8_accuracy = float((int8.predict_proba(test_images).argmax(1) == test_labels).mean())
     print(f"int8 accuracy drop on {len(test_labels)} real faces: {fp32_accuracy - int8_accuracy}")
-    # The kept method is the more accurate one, and int8 stays close to fp32.
-    assert int8_accuracy == pytest.approx(max(choice["val_accuracy"].values()))
+    # The kept method is the more accurate one (ties go to static), and int8 stays close to fp32.
+    scores = choice["val_accuracy"]
+    assert int8_accuracy == pytest.approx(scores[choice["method"]])
+    assert scores[choice["method"]] >= max(scores.values()) - 0.002
     assert fp32_accuracy - int8_accuracy < 0.1
     assert not list(exported.parent.glob("model.int8.*.onnx"))  # the losing candidate is gone
 

@@ -319,10 +319,14 @@ def test_camera_streams_mjpeg_on_loopback(shared_data) -> None:
 
 
 def test_unreadable_camera_gives_a_clear_message(tmp_path) -> None:
-    done = runner.invoke(app, ["camera", "--device", "57", "--out", str(tmp_path / "x.mp4")])
+    csv_path = tmp_path / "x.csv"
+    done = runner.invoke(
+        app, ["camera", "--device", "57", "--out", str(tmp_path / "x.mp4"), "--csv", str(csv_path)]
+    )
     assert done.exit_code == 1
     assert "camera 57 could not be opened" in done.output
     assert done.output.count("error:") == 1
+    assert pd.read_csv(csv_path).empty  # complete, with nothing processed
     done = runner.invoke(app, ["camera", "--device", str(tmp_path / "none.mp4"), "--mode", "mjpeg"])
     assert done.exit_code == 1 and "no such video file" in done.output
     assert not (tmp_path / "x.mp4").exists()

@@ -18,13 +18,12 @@ import numpy as np
 
 from ferlab.realtime.runtime import FaceResult, FramePipeline
 from ferlab.realtime.video import (
-    FrameSource,
     Log,
     Sink,
     StreamError,
     StreamResult,
-    TimelineWriter,
     VideoFileSink,
+    open_source,
     run_stream,
 )
 
@@ -203,11 +202,9 @@ def run_camera(
 ) -> StreamResult:
     """Recognise expressions live from `device` (a camera number or a video file path)."""
     mode = resolve_mode(mode, out)
-    source = FrameSource(device)  # fails here, with its message, before any output exists
-    sinks: list[Sink] = []
+    source, timeline = open_source(device, csv_path)  # a missing camera fails here
+    sinks: list[Sink] = [timeline] if timeline is not None else []
     try:
-        if csv_path:
-            sinks.append(TimelineWriter(csv_path))
         if mode == "file":
             assert out is not None
             sinks.append(VideoFileSink(out, source.fps))

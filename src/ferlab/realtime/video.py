@@ -166,6 +166,13 @@ class TimelineWriter:
         self._file.flush()
         return True
 
+    def discard(self) -> None:
+        """Remove the unfinished file (nothing was to be processed: a wrong path)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.partial.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Finish the file: everything processed is in it, under its final name."""
         if self._file is None:
@@ -317,6 +324,27 @@ def _ending(source: FrameSource, ended: str, frames: int) -> tuple[bool, str]:
     return True, f"{source.name}: {frames} frames"
 
 
+def open_source(
+    spec: str | int, out_csv: str | Path | None
+) -> tuple[FrameSource, TimelineWriter | None]:
+    """Open a camera or video file, and the CSV timeline if asked for.
+
+    When the source cannot be opened, a CSV asked for is still left complete (header only:
+    nothing was processed), unless the source is a file path that does not exist (a typo).
+    """
+    timeline = TimelineWriter(out_csv) if out_csv else None
+    try:
+        source = FrameSource(spec)
+    except StreamError:
+        if timeline is not None:
+            if str(spec).strip().isdigit() or Path(str(spec)).is_file():
+                timeline.close()
+            else:
+                timeline.discard()
+        raise
+    return source, timeline
+
+
 def annotate_video(
     video: str | Path,
     pipeline: FramePipeline,
@@ -329,18 +357,8 @@ def annotate_video(
 
     An undecodable file still gets its (header-only) CSV, so scripts find a complete file.
     """
-    sinks: list[Sink] = []
-    timeline = TimelineWriter(out_csv) if out_csv else None
-    try:
-        source = FrameSource(str(video))
-    except StreamError:
-        if timeline is not None and Path(video).is_file():
-            timeline.close()  # nothing was processed: a complete, header-only timeline
-        elif timeline is not None:
-            timeline.partial.unlink(missing_ok=True)
-        raise
-    if timeline is not None:
-        sinks.append(timeline)
+    source, timeline = open_source(str(video), out_csv)
+    sinks: list[Sink] = [timeline] if timeline is not None else []
     if out_video:
         sinks.append(VideoFileSink(out_video, source.fps))
     return run_stream(source, pipeline, sinks, max_frames=max_frames, log=log)
