@@ -301,7 +301,10 @@ def fit(
     bad_epochs = 0
     start_epoch = 1
     trained_before = 0.0  # seconds trained before a resume, for the time budget
+    # What a saved state must match to be resumed. The time budget is left out on purpose: a
+    # slow run can be given more minutes and picked up where it stopped.
     fingerprint = {**asdict(config), "n_train": len(train_images), "world": world}
+    fingerprint.pop("max_minutes")
     resume_path = Path(resume_path) if resume_path else None
     if resume_path and resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
