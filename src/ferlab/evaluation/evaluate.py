@@ -10,8 +10,9 @@ import numpy as np
 
 from ferlab.classes import CLASSES
 from ferlab.data.arrays import load_split
+from ferlab.evaluation.attention_maps import attention_figure
 from ferlab.evaluation.metrics import classification_metrics, confusion_matrix
-from ferlab.evaluation.plots import confusion_figure
+from ferlab.evaluation.plots import confusion_figure, note_figure
 from ferlab.inference import Classifier
 from ferlab.io import atomic_path, write_json
 
@@ -42,6 +43,24 @@ def evaluate_checkpoint(
         if split == "test":
             write_confusion_csv(labels, probs.argmax(1), reports / "confusion_test.csv")
             write_predictions(paths, labels, probs, reports / "predictions_test.csv")
+            if hasattr(classifier.model, "forward_with_heads"):
+                # One correctly classified test face per class: where MFN and DDAN look.
+                picks = [
+                    int(np.flatnonzero((labels == c) & (probs.argmax(1) == c))[0])
+                    for c in range(len(CLASSES))
+                    if ((labels == c) & (probs.argmax(1) == c)).any()
+                ]
+                attention_figure(
+                    classifier.model,
+                    images[picks],
+                    reports / "figures" / "attention_maps.png",
+                    max_faces=len(picks),
+                )
+            else:
+                note_figure(
+                    f"{results['model']} has no attention heads: no attention maps",
+                    reports / "figures" / "attention_maps.png",
+                )
     write_json(reports / "metrics.json", results)
     return results
 

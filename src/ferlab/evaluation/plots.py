@@ -54,3 +54,11 @@ def confusion_figure(
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="actual", title=title)
     save_figure(fig, path)
+
+
+def note_figure(text: str, path: str | Path) -> None:
+    """A small figure holding only a sentence, for plots that do not apply to this run."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
+    ax.set_axis_off()
+    save_figure(fig, path)
