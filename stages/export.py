@@ -28,7 +28,10 @@ def main() -> None:
             seed=int(params["seed"]),
         )
         write_json("reports/export.json", report)
-        tracking.log_metrics(flatten(report))
+        # The model spec's numbers (heads, width) are settings, not metrics.
+        tracking.log_metrics(
+            {k: v for k, v in flatten(report).items() if not k.startswith("model.")}
+        )
         tracking.log_artifacts("reports/export.json", "src/ferlab/bundled/model_card.json")
         version = tracking.log_and_register_model("models/model.onnx")
         print(f"export: registered models/model.onnx as {tracking.MODEL_NAME} v{version}")

@@ -428,6 +428,8 @@ def export_all(
     acc_torch = float((p_torch.argmax(1) == test_labels).mean())
     acc_int8 = float((p_int8.argmax(1) == test_labels).mean())
     report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model": json.loads(meta["model"]),
         "opset": opset,
         "variant": variant,
         "n_test_images": len(test_labels),
@@ -465,7 +467,7 @@ def export_all(
             "params": params or {},
             "test_metrics": test_metrics,
             "test_metrics_source": str(test_metrics_path) if test_metrics else None,
-            "export": {k: v for k, v in report.items() if k != "int8_val_accuracy"},
+            "export": {k: v for k, v in report.items() if k not in ("int8_val_accuracy", "model")},
             "how_made": (
                 f"`dvc repro export`: {checkpoint} exported with torch.onnx.export (opset "
                 f"{opset}, dynamic batch); int8 by ONNX Runtime {choice['method']} quantisation "
