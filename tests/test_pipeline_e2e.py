@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PIPELINE_STAGES = ("download", "validate", "split", "preprocess", "train", "evaluate")
+PIPELINE_STAGES = ("download", "validate", "split", "preprocess", "train", "evaluate", "export")
 
 
 def project_copy(target: Path) -> Path:
@@ -60,11 +60,11 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_dvc_repro_through_evaluate(subset_zip: Path, tmp_path: Path) -> None:
+def test_dvc_repro_through_evaluate_and_export(subset_zip: Path, tmp_path: Path) -> None:
     repo = project_copy(tmp_path / "repo")
     params = small_profile(repo / "params.yaml", subset_zip)
 
-    run(["dvc", "repro", "evaluate"], repo)
+    run(["dvc", "repro", "export"], repo)
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(PIPELINE_STAGES) <= set(lock["stages"])
@@ -107,10 +107,13 @@ def test_dvc_repro_through_evaluate(subset_zip: Path, tmp_path: Path) -> None:
     assert param("download", "data.source") == str(subset_zip)
     assert metric("evaluate", "test_accuracy") == pytest.approx(metrics["test"]["accuracy"])
     assert metric("train", "val_accuracy") is not None
+    # The exported ONNX model is logged and registered in the model registry.
+    versions = db.execute("SELECT name, version FROM model_versions").fetchall()
+    assert ("ferlab-expression", 1) in versions, versions
     commit_tags = db.execute("SELECT DISTINCT value FROM tags WHERE key='git_commit'").fetchall()
     assert len(commit_tags) == 1 and len(commit_tags[0][0]) == 40
 
     # Nothing changed, nothing reruns: the pipeline is reproducible as recorded.
-    status = run(["dvc", "status", "evaluate"], repo)
+    status = run(["dvc", "status", "export"], repo)
     assert "up to date" in status.stdout.lower() or status.stdout.strip() == "", status.stdout
     assert params["model"]["name"] == "baseline"
