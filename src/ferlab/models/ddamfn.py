@@ -3,6 +3,19 @@
 After Zhang et al., "A Dual-Direction Attention Mixed Feature Network for Facial Expression
 Recognition", Electronics 2023, 12(17), 3595. Written from the paper's description; trained
 from scratch here (the reference's MS-Celeb-1M pretraining is not available).
+
+Where this differs from the reference implementation (4,187,936 parameters at 112×112, 2 heads,
+8 classes; this one has 4,134,544, −1.3%):
+- one grayscale input channel instead of three (−1,152 parameters);
+- modules the reference builds but never calls are left out: a 7×7 GDConv in every head and a
+  BatchNorm over the class logits (−52,240);
+- its MixConv layer builds a BatchNorm and PReLU but skips them in `forward`; here they are
+  applied, as after every depthwise conv of MobileFaceNet (same parameter count);
+- the classifier is the reference's: linear GDConv (k×k depthwise conv + BN, no activation)
+  giving the 512-d embedding, then dropout (ours) and one fully connected layer. An extra
+  512×512 linear layer would add 263k parameters (+6%) that the reference does not have;
+- the last downsampling is dropped for inputs below 81 (see `ferlab.models.mfn`), so the
+  attention maps are 6×6 at 48 and 8×8 at 64 instead of 3×3 and 4×4.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ attention map. `deep_stride` therefore keeps the last transition at stride 2 onl
 total stride 16 leaves at least a 6×6 map (inputs ≥ 81) and otherwise makes it stride 1
 (total stride 8): 48 → 6×6, 64 → 8×8, 112 → 7×7. Dropping the *last* downsampling, not the
 stem's, keeps stages 1 and 2 at the reference's 4 and 8 input pixels per cell (12×12 and 6×6
-at 48 input, 28×28 and 14×14 at 112) and costs about a third of running the stem at stride 1
-(measured in benchmarks/bench_models.py's profile notes).
+at 48 input, 28×28 and 14×14 at 112) and costs 158M multiply-adds per 48×48 face, against
+395M for a stride-1 stem with the usual transitions (536M at 112, as the reference's 0.54G).
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ class AxisGates(nn.Module):
     per-row and per-column descriptors together, then one sigmoid gate per axis.
 
     The 1×1 convs are written as `nn.Linear` over the channel axis: the same maths and
-    parameter count as 1×1 `Conv2d` on an N×C×(H+W)×1 tensor, without oneDNN's slow paths
-    for such thin maps (profiled in benchmarks/bench_models.py).
+    parameter count as 1×1 `Conv2d` on an N×C×(H+W)×1 tensor, whose oneDNN backward was
+    among the costliest ops of a training step when profiled on this project's CPU.
     """
 
     def __init__(self, channels: int, reduction: int = 32) -> None:
