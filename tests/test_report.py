@@ -56,7 +56,7 @@ def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
     (tmp_path / "figures" / "confusion_test.png").write_bytes(b"\x89PNG")
     text = build_report(tmp_path)
     assert "| test | 96 | 75.00 |" in text
-    assert "-6.08 points from 81.08%" in text
+    assert "6.08 points below 81.08%" in text
     assert "![test confusion matrix](figures/confusion_test.png)" in text
     assert "Figure `reports/figures/confusion_val.png` not found" in text
     assert "| train | 5 | 7 |" in text  # a count grid, classes in canonical order

@@ -242,10 +242,12 @@ def training_section(reports: Path) -> list[str]:
         ("images_per_s", "training images per second"),
         ("n_parameters", "parameters"),
     ]
-    rows = [(label, train[key]) for key, label in known if key in train]
+    rows = [(key, label, train[key]) for key, label in known if key in train]
     if rows:
         lines += ["| | |", "|---|---:|"]
-        lines += [f"| {label} | {_num(value)} |" for label, value in rows]
+        for key, label, value in rows:
+            text = f"{_pct(value)}%" if key == "best_val_accuracy" else _num(value)
+            lines.append(f"| {label} | {text} |")
         lines.append("")
     else:
         lines += _generic(train)
@@ -291,8 +293,8 @@ def metrics_section(reports: Path) -> list[str]:
         lines += [
             f"The seed study reported {_pct(SEED_ACCURACY['original'])}% test accuracy on the "
             f"original crops and {_pct(SEED_ACCURACY['retinaface'])}% with RetinaFace "
-            f"preprocessing; this run's {variant} model is {diff:+.2f} points from "
-            f"{_pct(seed)}%.",
+            f"preprocessing; this run's {variant} model is {abs(diff):.2f} points "
+            f"{'below' if diff < 0 else 'above'} {_pct(seed)}%.",
             "",
         ]
     lines += _figure(reports, "figures/confusion_test.png", "test confusion matrix")
