@@ -94,7 +94,7 @@ def autocast_for(device: torch.device, bf16: bool) -> torch.autocast | None:
     """bf16 autocast on CUDA; on CPU only when asked and natively supported, else fp32.
 
     On CPU it is off by default: measured here (benchmarks/bench_models.py), oneDNN's bf16
-    backward of depthwise and thin 1×1 convolutions is several times slower than fp32.
+    convolution backward stalls with 2 threads; with 1 thread it helps the baseline only.
     """
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
