@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from test_pipeline_e2e import project_copy
 
 from ferlab.classes import CLASSES
 from ferlab.export import (
@@ -23,12 +24,11 @@ from ferlab.export import (
     bundled_model_path,
     choose_int8,
     export_onnx,
-    file_sha256,
     load_classifier,
     read_metadata,
 )
 from ferlab.inference import Classifier
-from ferlab.io import save_npz, write_json
+from ferlab.io import file_sha256, save_npz, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPEC = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
@@ -173,26 +173,6 @@ def test_bundled_model_works_out_of_the_box(real_faces) -> None:
     images, labels = real_faces
     accuracy = float((model.predict_proba(images).argmax(1) == labels).mean())
     assert accuracy > 0.35  # 12 real test faces per class; chance is 0.125
-
-
-def project_copy(target: Path) -> Path:
-    """The files git would ship, in a fresh git repo (DVC needs one)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = ROOT / name.decode()
-        if source.is_file():
-            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name.decode())
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=target, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=target, check=True)
-    return target
 
 
 def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> None:

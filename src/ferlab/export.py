@@ -8,7 +8,6 @@ one by file suffix and defaults to the model bundled with the package.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -22,7 +21,7 @@ import numpy as np
 
 from ferlab.classes import CLASSES
 from ferlab.inference import Classifier, softmax, to_tensor
-from ferlab.io import atomic_path, write_json
+from ferlab.io import atomic_path, file_sha256, write_json
 from ferlab.training.checkpoint import NORMALIZATION
 
 INPUT_NAME = "faces"
@@ -337,14 +336,6 @@ def choose_int8(
         else:
             candidate.unlink()
     return {"method": best, "val_accuracy": scores}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def refresh_bundled(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,12 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Write arrays to an .npz atomically (uncompressed: loading must be fast)."""
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,11 @@ import torch.distributed as dist
 
 from ferlab import tracking
 from ferlab.data.arrays import load_split
-from ferlab.io import atomic_path, write_json
+from ferlab.io import atomic_path, file_sha256, write_json
 from ferlab.models import build_model
 from ferlab.training.loop import FitResult, TrainConfig, fit, seed_everything
 
 MODEL_KEYS = ("heads", "width", "activation", "dropout")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def init_distributed() -> bool:
