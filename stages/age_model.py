@@ -1,5 +1,7 @@
 """DVC stage `age_model`: train the kids/adults classifier on UTKFace (FER-like crops)."""
 
+import sys
+
 import cv2
 
 from ferlab import tracking
@@ -7,6 +9,7 @@ from ferlab.age.data import age_groups, example_sheet, load_faces
 from ferlab.age.model import train_age_model
 from ferlab.config import load_params
 from ferlab.io import atomic_path, write_json
+from ferlab.stage import run_stage
 
 MODEL = "models/age.pt"
 REPORT = "reports/age_model.json"
@@ -52,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("age_model", main))

@@ -1,8 +1,11 @@
 """DVC stage `evaluate`: accuracy, balanced accuracy, macro-F1, loss, confusion matrices."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.evaluation.evaluate import evaluate_checkpoint
+from ferlab.stage import run_stage
 
 
 def main() -> None:
@@ -33,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("evaluate", main))

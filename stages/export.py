@@ -1,9 +1,12 @@
 """DVC stage `export`: ONNX (fp32 + int8) of models/model.pt, their accuracy, the bundled model."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.config import flatten, load_params
 from ferlab.export import export_all
 from ferlab.io import write_json
+from ferlab.stage import run_stage
 
 EXPORT_KEYS = ("onnx_opset", "int8_methods", "export_test_images", "calibration_images")
 
@@ -38,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("export", main))

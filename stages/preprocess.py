@@ -21,6 +21,7 @@ from ferlab.data.arrays import (
 from ferlab.faces.align import alignment_figure
 from ferlab.faces.detect import FaceDetector
 from ferlab.io import atomic_path, write_json
+from ferlab.stage import run_stage
 
 SPLIT_TABLE = "data/split.csv"
 ARRAYS = "data/arrays"
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("preprocess", main))

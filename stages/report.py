@@ -1,9 +1,12 @@
 """DVC stage `report`: reports/study.md from the other stages' reports (the DAG's last stage)."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.evaluation.report import build_report
 from ferlab.io import write_text
+from ferlab.stage import run_stage
 
 OUT = "reports/study.md"
 
@@ -17,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("report", main))

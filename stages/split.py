@@ -7,12 +7,12 @@ import sys
 
 from ferlab import tracking
 from ferlab.config import load_params
-from ferlab.data import DataError
 from ferlab.data.splits import run_split
 from ferlab.io import write_json
+from ferlab.stage import run_stage
 
 
-def main() -> int:
+def main() -> None:
     # Our progress lines at INFO; the libraries' (great-expectations, MLflow) only when warnings.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ferlab").setLevel(logging.INFO)
@@ -22,21 +22,16 @@ def main() -> int:
         "split": params["split"],
         "validate": {"leakage": {"policy": params["validate"]["leakage"]["policy"]}},
     }
-    try:
-        with tracking.stage_run("split", logged, experiment=params["mlflow"]["experiment"]):
-            report = run_split(params["split"], params["seed"])
-            write_json("reports/split_counts.json", report)
-            metrics = {f"images_{split}": n for split, n in report["totals"].items()}
-            metrics["dropped_duplicates"] = report["dropped_duplicates"]
-            for split, counts in report["counts"].items():
-                metrics.update({f"count_{split}_{label}": n for label, n in counts.items()})
-            tracking.log_metrics(metrics)
-            tracking.log_artifacts("reports/split_counts.json")
-    except DataError as exc:
-        print(f"split failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    with tracking.stage_run("split", logged, experiment=params["mlflow"]["experiment"]):
+        report = run_split(params["split"], params["seed"])
+        write_json("reports/split_counts.json", report)
+        metrics = {f"images_{split}": n for split, n in report["totals"].items()}
+        metrics["dropped_duplicates"] = report["dropped_duplicates"]
+        for split, counts in report["counts"].items():
+            metrics.update({f"count_{split}_{label}": n for label, n in counts.items()})
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts("reports/split_counts.json")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage("split", main))

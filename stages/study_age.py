@@ -1,5 +1,7 @@
 """DVC stage `study_age`: expression accuracy and confusion per age group on the test split."""
 
+import sys
+
 import pandas as pd
 
 from ferlab import tracking
@@ -15,6 +17,7 @@ from ferlab.evaluation.age_study import (
 )
 from ferlab.inference import Classifier
 from ferlab.io import atomic_path, write_json, write_text
+from ferlab.stage import run_stage
 
 OUT_JSON = "reports/study_age.json"
 OUT_CSV = "reports/study_age_counts.csv"
@@ -55,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("study_age", main))

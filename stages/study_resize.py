@@ -1,11 +1,14 @@
 """DVC stage `study_resize`: test accuracy after shrinking and re-enlarging every face."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.data.arrays import load_split
 from ferlab.evaluation.resize_study import run_study, stratified_subset, write_outputs
 from ferlab.inference import Classifier
 from ferlab.io import write_json
+from ferlab.stage import run_stage
 
 OUT_JSON = "reports/study_resize.json"
 OUT_CSV = "reports/study_resize.csv"
@@ -53,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("study_resize", main))

@@ -1,5 +1,7 @@
 """DVC stage `tag_age`: an age group (kid/adult) and confidence for every FER2013+ test face."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.age.data import AGE_CLASSES
 from ferlab.age.model import read_override, tag_faces
@@ -7,6 +9,7 @@ from ferlab.config import load_params
 from ferlab.data.arrays import load_split
 from ferlab.inference import Classifier
 from ferlab.io import atomic_path
+from ferlab.stage import run_stage
 
 TAGS = "data/age_tags.csv"
 
@@ -40,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("tag_age", main))

@@ -1,7 +1,10 @@
 """DVC stage `train`: fit the configured model on the cached arrays (torchrun for several GPUs)."""
 
+import sys
+
 from ferlab import tracking
 from ferlab.config import load_params
+from ferlab.stage import run_stage
 from ferlab.training.run import init_distributed, train_from_params
 
 
@@ -22,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stage("train", main))

@@ -9,6 +9,7 @@ from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.data import DataError
 from ferlab.data.validation import failure_message, report_metrics, validate_raw
+from ferlab.stage import run_stage
 
 REPORTS = (
     "reports/validation.json",
@@ -18,27 +19,22 @@ REPORTS = (
 )
 
 
-def main() -> int:
+def main() -> None:
     # Our progress lines at INFO; the libraries' (great-expectations, MLflow) only when warnings.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ferlab").setLevel(logging.INFO)
     params = load_params()
     vparams = params["validate"]
-    try:
-        with tracking.stage_run(
-            "validate", {"validate": vparams}, experiment=params["mlflow"]["experiment"]
-        ):
-            report = validate_raw(vparams, raw="data/raw", reports="reports")
-            tracking.log_metrics(report_metrics(report))
-            tracking.log_artifacts(*REPORTS)
-            if not report["success"]:
-                raise DataError(failure_message(report, "reports/validation.md"))
-    except DataError as exc:
-        print(f"validate failed: {exc}", file=sys.stderr)
-        return 1
+    with tracking.stage_run(
+        "validate", {"validate": vparams}, experiment=params["mlflow"]["experiment"]
+    ):
+        report = validate_raw(vparams, raw="data/raw", reports="reports")
+        tracking.log_metrics(report_metrics(report))
+        tracking.log_artifacts(*REPORTS)
+        if not report["success"]:
+            raise DataError(failure_message(report, "reports/validation.md"))
     print(f"validation passed: {report['totals']} images; manifest in data/manifest.csv")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage("validate", main))

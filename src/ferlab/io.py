@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,26 +16,92 @@ from typing import Any
 import cv2
 import numpy as np
 
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+class OutputError(OSError):
+    """An output could not be written (disk full, no permission, read-only file system).
+
+    Its message names the file and the fix; stage scripts print it as one line.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _free_mib(path: Path) -> float:
+    """Free space on the file system holding `path` (or its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free / 2**20
+    return float("nan")
+
+
+def output_error(path: Path, exc: OSError) -> OutputError | None:
+    """The clear error for an OSError met while writing `path`; None if it is another fault."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in NO_SPACE:
+        return OutputError(
+            exc.errno,
+            f"{path}: cannot write, no space left ({reason}; "
+            f"{_free_mib(path.parent):.1f} MiB free there); free some disk space (e.g. "
+            "`dvc gc -w` for old cached data, `mlflow gc` for deleted runs) and rerun",
+        )
+    if exc.errno in NO_PERMISSION:
+        folder = next((f for f in path.parents if f.exists()), path.parent)
+        return OutputError(
+            exc.errno,
+            f"{path}: no permission ({reason}); give this user write access to {folder} "
+            "(chmod u+w or chown; a read-only mount must be remounted read-write), or run the "
+            "pipeline from a writable copy of the project",
+        )
+    return None
+
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
     Works for files and folders: whatever the body writes at the yielded path replaces
-    `target` in one rename, and is removed if the body raises.
+    `target` in one rename, and is removed if the body raises. A full disk or a permission
+    error while writing becomes one `OutputError` naming `target` (or the other file the
+    operating system named) and the fix.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
+    prefix = f".{target.name}."
+    tmp_root: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_root = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        tmp = tmp_root / target.name
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{target}: nothing was written")
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OutputError:
+        raise
+    except OSError as exc:
+        named = Path(exc.filename) if isinstance(exc.filename, str) else None
+        is_temporary = named is not None and (
+            (tmp_root is not None and named.is_relative_to(tmp_root))
+            or (named.parent == target.parent and named.name.startswith(prefix))
+        )
+        if named is None or is_temporary:
+            named = target  # the temporary stands for the target
+        clear = output_error(named, exc)
+        if clear is None:
+            raise
+        raise clear from exc
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
