@@ -199,6 +199,10 @@ class MixBottleneck(nn.Module):
         self.attention = CoordinateAttention(expanded)
         self.project = LinearConv(expanded, cout, 1)
         self.residual = residual and stride == 1 and cin == cout
+        if self.residual:
+            # Zero-init the branch's last BN scale: each block starts as the identity, so this
+            # 30-block net trains from scratch like a shallow one at first ("zero-γ" init).
+            nn.init.zeros_(self.project[1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.attention(self.depthwise(self.expand(x))))

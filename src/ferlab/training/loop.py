@@ -128,6 +128,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _shared_elapsed(seconds: float, device: torch.device) -> float:
+    """The slowest rank's training time, so every rank sets the same learning rate and stops
+    a time-budgeted epoch at the same step (a rank that stopped alone would hang the others)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return seconds
+    elapsed = torch.tensor([seconds], dtype=torch.float64, device=device)  # nccl: on the GPU
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return float(elapsed.item())
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -356,7 +366,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress = scheduler.step(trained_before + time.perf_counter() - started)
+            progress = scheduler.step(
+                _shared_elapsed(trained_before + time.perf_counter() - started, device)
+            )
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1).cpu().numpy() == hard_labels[idx]).sum())
             seen += len(idx)
