@@ -69,6 +69,19 @@ def test_width_scales_the_network() -> None:
     assert 0.2 < half / full < 0.35  # channels halve, so most weights quarter
 
 
+def test_residual_blocks_start_as_the_identity() -> None:
+    """Zero-initialised residual branches: a fresh block passes its input through unchanged
+    (the deep MFN starts as a shallow net), while transitions still transform it."""
+    from ferlab.models.mfn import MixBottleneck
+
+    torch.manual_seed(0)
+    block = MixBottleneck(64, 64, 128, (3, 5), (0.75, 0.25)).eval()
+    x = torch.randn(2, 64, 12, 12)
+    assert torch.equal(block(x), x)
+    transition = MixBottleneck(64, 128, 256, (3, 5), (0.75, 0.25), stride=2).eval()
+    assert transition(x).abs().mean() > 0.01
+
+
 @pytest.mark.parametrize(
     ("name", "hparams", "message"),
     [

@@ -373,7 +373,7 @@ def fit(
             correct += int((logits.argmax(1).cpu().numpy() == hard_labels[idx]).sum())
             seen += len(idx)
             if rank == 0 and (step + 1) % 50 == 0:
-                rate = seen / (time.perf_counter() - t0)
+                rate = seen * world / (time.perf_counter() - t0)  # all ranks together
                 log(f"  epoch {epoch} step {step + 1}/{steps_per_epoch} {rate:.0f} img/s")
             if progress >= 1.0:  # the time budget is spent: this epoch ends here
                 break
