@@ -11,13 +11,14 @@ import sys
 from ferlab import tracking
 from ferlab.config import load_params
 from ferlab.data.arrays import (
+    REQUIRED_COLUMNS,
     SPLITS,
     detection_summary,
     preprocess_table,
-    read_split_table,
     save_arrays,
     summary_metrics,
 )
+from ferlab.data.splits import read_split
 from ferlab.faces.align import alignment_figure
 from ferlab.faces.detect import FaceDetector
 from ferlab.io import atomic_path, write_json
@@ -33,7 +34,7 @@ FIGURE = "reports/figures/alignment.png"
 def main() -> None:
     params = load_params()
     p = params["preprocess"]
-    table = read_split_table(SPLIT_TABLE)
+    table = read_split(SPLIT_TABLE, required=REQUIRED_COLUMNS)
     for split in SPLITS:
         if not (table["split"] == split).any():
             print(f"preprocess: warning: {SPLIT_TABLE} has no {split!r} rows", file=sys.stderr)

@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 
 from ferlab.classes import CLASS_TO_INDEX
-from ferlab.data.arrays import SPLITS, VARIANTS, load_split, read_split_table
+from ferlab.data import DataError
+from ferlab.data.arrays import REQUIRED_COLUMNS, SPLITS, VARIANTS, load_split
+from ferlab.data.splits import read_split
 from ferlab.faces.align import plain_crop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,16 +157,18 @@ def test_load_split_names_the_stage_when_arrays_are_missing(tmp_path: Path):
 
 def test_split_table_errors_name_the_file(tmp_path: Path):
     path = tmp_path / "split.csv"
-    with pytest.raises(FileNotFoundError, match="split stage"):
-        read_split_table(path)
+    with pytest.raises(DataError, match="run the split stage first"):
+        read_split(path, required=REQUIRED_COLUMNS)
     pd.DataFrame({"path": ["a.png"], "split": ["train"], "label": ["anger"]}).to_csv(path)
-    with pytest.raises(ValueError, match=r"split\.csv: missing columns \['label_idx'\]"):
-        read_split_table(path)
-    pd.DataFrame(
-        {"path": ["a.png"], "split": ["train"], "label": ["anger"], "label_idx": [3]}
-    ).to_csv(path)
-    with pytest.raises(ValueError, match="label_idx disagrees"):
-        read_split_table(path)
+    with pytest.raises(DataError, match=r"split\.csv: missing columns label_idx"):
+        read_split(path, required=REQUIRED_COLUMNS)
+    row = {"path": ["a.png"], "split": ["train"], "label": ["anger"], "label_idx": [3]}
+    pd.DataFrame(row).to_csv(path)
+    with pytest.raises(DataError, match="label_idx disagrees"):
+        read_split(path, required=REQUIRED_COLUMNS)
+    pd.DataFrame({**row, "split": ["holdout"], "label_idx": [0]}).to_csv(path)
+    with pytest.raises(DataError, match=r"unknown split values \['holdout'\]"):
+        read_split(path, required=REQUIRED_COLUMNS)
 
 
 def test_stage_fails_cleanly_on_an_unreadable_image(tmp_path: Path):

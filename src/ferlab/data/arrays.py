@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferlab.classes import CLASS_TO_INDEX, CLASSES
+from ferlab.classes import CLASSES
 from ferlab.data import SPLITS
 from ferlab.faces.align import align_face, plain_crop
 from ferlab.faces.detect import LANDMARK_NAMES, Face, FaceDetector
@@ -25,6 +25,7 @@ from ferlab.io import atomic_path, read_gray, save_npz
 
 VARIANTS: tuple[str, ...] = ("original", "retinaface")
 DEFAULT_ROOT = "data/arrays"
+# The split table columns preprocessing needs (the split stage writes more).
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "split", "label", "label_idx")
 DETECTION_COLUMNS: tuple[str, ...] = (
     "path",
@@ -90,35 +91,6 @@ class PreprocessResult:
     @property
     def images_per_second(self) -> float:
         return len(self.detections) / self.seconds if self.seconds > 0 else 0.0
-
-
-def read_split_table(path: str | Path) -> pd.DataFrame:
-    """data/split.csv, checked: required columns, known splits, labels matching their index."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no split table; the split stage writes it (`dvc repro split`)"
-        )
-    table = pd.read_csv(path)
-    if table.empty:
-        raise ValueError(f"{path}: no rows; rerun the split stage")
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; rerun the split stage")
-    bad_split = sorted(set(table["split"]) - set(SPLITS))
-    if bad_split:
-        raise ValueError(f"{path}: unknown split values {bad_split}; expected {list(SPLITS)}")
-    bad_label = sorted(set(table["label"]) - set(CLASSES))
-    if bad_label:
-        raise ValueError(f"{path}: unknown labels {bad_label}; expected {list(CLASSES)}")
-    mismatch = table["label"].map(CLASS_TO_INDEX) != table["label_idx"]
-    if mismatch.any():
-        row = table[mismatch].iloc[0]
-        raise ValueError(
-            f"{path}: label_idx disagrees with label for {int(mismatch.sum())} rows "
-            f"(first: {row['path']} {row['label']}={row['label_idx']}); rerun the split stage"
-        )
-    return table
 
 
 def preprocess_table(

@@ -160,6 +160,26 @@ def run_split(
     return report
 
 
-def read_split(path: str | Path = "data/split.csv") -> pd.DataFrame:
-    """data/split.csv with its real types (what the preprocess and train stages read)."""
-    return read_manifest(path, required=SPLIT_COLUMNS, stage="split")
+def read_split(
+    path: str | Path = "data/split.csv", required: tuple[str, ...] = SPLIT_COLUMNS
+) -> pd.DataFrame:
+    """data/split.csv with its real types, checked: the `required` columns, rows, known splits
+    and labels, and `label_idx` matching `label`. The one reader of the split table."""
+    table = read_manifest(path, required=required, stage="split")
+    again = "run the split stage again (dvc repro split)"
+    if table.empty:
+        raise DataError(f"{path}: no rows; {again}")
+    bad_split = sorted(set(table["split"]) - set(SPLITS))
+    if bad_split:
+        raise DataError(f"{path}: unknown split values {bad_split}; expected {list(SPLITS)}")
+    bad_label = sorted(set(table["label"]) - set(CLASSES))
+    if bad_label:
+        raise DataError(f"{path}: unknown labels {bad_label}; expected {list(CLASSES)}")
+    mismatch = table["label"].map(CLASSES.index) != table["label_idx"].astype(int)
+    if mismatch.any():
+        row = table[mismatch].iloc[0]
+        raise DataError(
+            f"{path}: label_idx disagrees with label for {int(mismatch.sum())} rows "
+            f"(first: {row['path']} {row['label']}={row['label_idx']}); {again}"
+        )
+    return table
