@@ -177,52 +177,83 @@ def test_killed_training_resumes_to_identical_weights(real_faces, tmp_path: Path
         assert torch.equal(tensor, b["state_dict"][key]), key
 
 
+# flush=True: one write per line, so the two ranks' lines never interleave in the pipe.
 DDP_SCRIPT = textwrap.dedent(
     """
     import os, sys
     import numpy as np, torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from test_training import build_tiny, baseline_meta, tiny_config
-    from ferlab.training.loop import fit
+    from ferlab.training.loop import _shared_elapsed, fit
     from ferlab.training.run import init_distributed
     assert init_distributed()
     data = np.load({data!r})
     torch.manual_seed(0)
     model = build_tiny()
-    fit(model, data["images"], data["labels"], data["images"][:16], data["labels"][:16],
-        tiny_config(epochs=1, batch_size=16), {ckpt!r}, baseline_meta())
+    result = fit(model, data["images"], data["labels"], data["images"][:16], data["labels"][:16],
+                 tiny_config({config}), {ckpt!r}, baseline_meta())
+    rank = dist.get_rank()
+    print(f"rank {{rank}}: {{len(result.history)}} epochs, {{result.stop_reason}}", flush=True)
+    # Clocks that disagree (rank r says 10·r s): every rank must see the slowest.
+    shared = _shared_elapsed(10.0 * dist.get_rank(), torch.device("cpu"))
+    print(f"rank {{dist.get_rank()}} shared clock: {{shared}}", flush=True)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     if dist.get_rank() == 0:
         gap = float((gathered[0] - gathered[1]).abs().max())
-        print("max weight difference between ranks:", gap)
+        print("max weight difference between ranks:", gap, flush=True)
         torch.manual_seed(0)
         before = build_tiny()
         moved = torch.cat([p.detach().flatten() for p in before.parameters()])
-        print("changed by training:", float((flat - moved).abs().max()) > 0)
+        print("changed by training:", float((flat - moved).abs().max()) > 0, flush=True)
     dist.destroy_process_group()
     """
 )
 
 
-def test_ddp_two_cpu_processes_keep_equal_weights(real_faces, tmp_path: Path) -> None:
-    images, labels = real_faces
+def run_ddp(tmp_path: Path, images: np.ndarray, labels: np.ndarray, config: str):
     data = tmp_path / "data.npz"
-    np.savez(data, images=images[:32], labels=labels[:32])  # 16 a rank: one step each
+    np.savez(data, images=images, labels=labels)
     script = tmp_path / "ddp_job.py"
     script.write_text(
-        DDP_SCRIPT.format(tests=str(ROOT / "tests"), data=str(data), ckpt=str(tmp_path / "ddp.pt"))
+        DDP_SCRIPT.format(
+            tests=str(ROOT / "tests"),
+            data=str(data),
+            ckpt=str(tmp_path / "ddp.pt"),
+            config=config,
+        )
     )
     torchrun = Path(sys.executable).parent / "torchrun"
-    done = subprocess.run(
+    return subprocess.run(
         [str(torchrun), "--nproc_per_node=2", "--master_port=29533", str(script)],
         capture_output=True,
         text=True,
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def test_ddp_two_cpu_processes_keep_equal_weights(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces
+    # 16 a rank: one step each
+    done = run_ddp(tmp_path, images[:32], labels[:32], "epochs=1, batch_size=16")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "max weight difference between ranks: 0.0" in done.stdout
     assert "changed by training: True" in done.stdout
     assert (tmp_path / "ddp.pt").is_file()
+
+
+def test_ddp_time_budget_stops_both_ranks_at_the_same_step(real_faces, tmp_path: Path) -> None:
+    """A rank that stopped on its own clock would leave the other waiting in a collective
+    forever; the ranks share the slowest clock, so they set the same learning rate and stop
+    a budgeted run at the same step with equal weights."""
+    images, labels = real_faces
+    done = run_ddp(tmp_path, images, labels, "epochs=200, batch_size=8, max_minutes=0.02")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    stops = sorted(line for line in lines if line.startswith("rank ") and "epochs" in line)
+    assert len(stops) == 2 and "time budget" in stops[0], done.stdout
+    assert stops[0].removeprefix("rank 0") == stops[1].removeprefix("rank 1")
+    assert "max weight difference between ranks: 0.0" in done.stdout
+    assert "rank 0 shared clock: 10.0" in lines and "rank 1 shared clock: 10.0" in lines
