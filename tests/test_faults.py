@@ -185,3 +185,34 @@ def test_other_errors_in_the_body_pass_through_and_leave_nothing(tmp_path: Path)
         tmp.write_text("partial")
         (tmp_path / "missing-input.csv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_validate_before_download_names_the_stage_to_run(tmp_path: Path) -> None:
+    from ferlab.data import DataError
+    from ferlab.data.manifest import build_manifest
+
+    with pytest.raises(DataError, match=r"data/raw: no such folder; run the download stage first"):
+        build_manifest(tmp_path / "data/raw", base=tmp_path)
+
+
+def test_unreadable_expectation_suite_is_named(tmp_path: Path) -> None:
+    from ferlab.data import DataError
+    from ferlab.data.validation import load_suites
+
+    suite = tmp_path / "images.json"
+    for text in ("{not json", '{"name": "images", "expectations": []}'):
+        suite.write_text(text)
+        with pytest.raises(DataError, match="not a valid expectation suite") as caught:
+            load_suites(tmp_path)
+        assert str(caught.value).startswith(f"{suite}: ")
+
+
+def test_a_split_that_would_be_empty_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    from ferlab.data import DataError
+    from ferlab.data.splits import run_split
+
+    write_manifest(manifest(FER_LIKE), tmp_path / "manifest.csv")
+    params = {"val_fraction": 0.0, "max_per_class": 0, "by_subject_fractions": None}
+    with pytest.raises(DataError, match=r"the val split would be empty; check split\.val_fraction"):
+        run_split(params, 42, tmp_path / "manifest.csv", tmp_path / "split.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]

@@ -257,3 +257,38 @@ def test_ddp_time_budget_stops_both_ranks_at_the_same_step(real_faces, tmp_path:
     assert stops[0].removeprefix("rank 0") == stops[1].removeprefix("rank 1")
     assert "max weight difference between ranks: 0.0" in done.stdout
     assert "rank 0 shared clock: 10.0" in lines and "rank 1 shared clock: 10.0" in lines
+
+
+def test_saved_state_from_other_settings_is_not_resumed(real_faces, tmp_path: Path) -> None:
+    """A state saved by a run with other settings is ignored, said so, and replaced."""
+    images, labels = real_faces
+    resume = tmp_path / "model.resume.pt"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_epoch_1(row: dict[str, float]) -> None:
+        if row["epoch"] == 2:
+            raise Interrupted  # an interruption after epoch 1's state was saved
+
+    with pytest.raises(Interrupted):
+        fit(
+            build_tiny(),
+            images,
+            labels,
+            images[:16],
+            labels[:16],
+            tiny_config(epochs=3),
+            tmp_path / "m.pt",
+            baseline_meta(),
+            resume_path=resume,
+            on_epoch=stop_after_epoch_1,
+        )
+    assert resume.is_file()
+    lines: list[str] = []
+    result = fit(build_tiny(), images, labels, images[:16], labels[:16],
+                 tiny_config(epochs=3, lr=1e-3), tmp_path / "m.pt", baseline_meta(),
+                 resume_path=resume, log=lines.append)  # fmt: skip
+    assert f"{resume}: saved state is for other settings; starting afresh" in lines
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert not resume.exists()
