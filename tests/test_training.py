@@ -96,6 +96,15 @@ def test_early_stopping_and_time_budget(real_faces, tmp_path: Path) -> None:
     assert len(result.history) < 20
 
 
+def test_a_budget_that_cuts_the_last_epoch_is_the_stop_reason(real_faces, tmp_path: Path) -> None:
+    images, labels = real_faces  # 96 faces, batch 8: 12 steps; the budget ends it after one
+    config = tiny_config(epochs=1, batch_size=8, max_minutes=1e-5)
+    result = fit(build_tiny(), images, labels, images, labels, config, tmp_path / "m.pt",
+                 baseline_meta())  # fmt: skip
+    assert result.stop_reason == "time budget of 1e-05 min"
+    assert len(result.history) == 1
+
+
 def test_class_balance_sampler_evens_out_classes() -> None:
     labels = np.array([0] * 900 + [1] * 100)
     config = tiny_config(class_balance="sampler")

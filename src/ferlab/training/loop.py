@@ -427,7 +427,8 @@ def fit(
                     fingerprint,
                     seconds,
                 )
-        if progress >= 1.0 and epoch < config.epochs:
+        # The budget ended the run if it cut this epoch short or left epochs undone.
+        if progress >= 1.0 and (epoch < config.epochs or step + 1 < steps_per_epoch):
             result.stop_reason = f"time budget of {config.max_minutes} min"
             break
         if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
