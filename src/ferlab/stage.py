@@ -9,8 +9,8 @@ from pathlib import Path
 from ferlab.data import DataError
 from ferlab.io import OutputError, output_error
 
-# Bad input data, an output that cannot be written, a missing or foreign checkpoint: the
-# message already names the file and the fix, so a traceback would only hide it.
+# Bad input data and outputs that cannot be written: the message already names the file and
+# the fix, so a traceback would only hide it.
 USER_ERRORS: tuple[type[BaseException], ...] = (DataError, OutputError)
 
 

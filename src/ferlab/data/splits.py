@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ferlab.classes import CLASSES
+from ferlab.classes import CLASS_TO_INDEX, CLASSES
 from ferlab.data import SPLITS, DataError
 from ferlab.data.manifest import read_manifest
 from ferlab.io import atomic_path
@@ -175,7 +175,7 @@ def read_split(
     bad_label = sorted(set(table["label"]) - set(CLASSES))
     if bad_label:
         raise DataError(f"{path}: unknown labels {bad_label}; expected {list(CLASSES)}")
-    mismatch = table["label"].map(CLASSES.index) != table["label_idx"].astype(int)
+    mismatch = table["label"].map(CLASS_TO_INDEX) != table["label_idx"]
     if mismatch.any():
         row = table[mismatch].iloc[0]
         raise DataError(

@@ -45,10 +45,11 @@ def evaluate_checkpoint(
             write_predictions(paths, labels, probs, reports / "predictions_test.csv")
             if hasattr(classifier.model, "forward_with_heads"):
                 # One correctly classified test face per class: where MFN and DDAN look.
+                right = labels == probs.argmax(1)
                 picks = [
-                    int(np.flatnonzero((labels == c) & (probs.argmax(1) == c))[0])
+                    int(np.flatnonzero(right & (labels == c))[0])
                     for c in range(len(CLASSES))
-                    if ((labels == c) & (probs.argmax(1) == c)).any()
+                    if (right & (labels == c)).any()
                 ]
                 attention_figure(
                     classifier.model,
