@@ -19,8 +19,7 @@ SHEET = "reports/figures/study_age_crops.png"
 def main() -> None:
     params = load_params()
     age = params["age"]
-    subset = {"seed": params["seed"], "age": age}
-    with tracking.stage_run("age_model", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("age_model", params, experiment=params["mlflow"]["experiment"]):
         faces = load_faces(
             age["source"],
             size=int(age["size"]),

@@ -19,7 +19,7 @@ def main() -> None:
     logging.getLogger("ferlab").setLevel(logging.INFO)
     params = load_params()
     data = {key: params["data"][key] for key in KEYS}
-    with tracking.stage_run("download", {"data": data}, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("download", params, experiment=params["mlflow"]["experiment"]):
         summary = prepare_raw(
             source=data["source"],
             target="data/raw",

@@ -10,9 +10,7 @@ from ferlab.stage import run_stage
 
 def main() -> None:
     params = load_params()
-    # The model and training params are logged here too, so the UI compares evaluate runs alone.
-    logged = {k: params[k] for k in ("seed", "model", "train", "evaluate")}
-    with tracking.stage_run("evaluate", logged, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("evaluate", params, experiment=params["mlflow"]["experiment"]):
         results = evaluate_checkpoint(
             "models/model.pt", batch_size=params["evaluate"]["batch_size"]
         )

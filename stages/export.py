@@ -14,8 +14,7 @@ EXPORT_KEYS = ("onnx_opset", "int8_methods", "export_test_images", "calibration_
 def main() -> None:
     params = load_params()
     realtime = params["realtime"]
-    subset = {"seed": params["seed"], "realtime": {k: realtime[k] for k in EXPORT_KEYS}}
-    with tracking.stage_run("export", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("export", params, experiment=params["mlflow"]["experiment"]):
         report = export_all(
             "models/model.pt",
             "data/arrays",

@@ -43,9 +43,7 @@ def main() -> None:
         nms_threshold=p["nms_threshold"],
         upscale=p["upscale"],
     )
-    with tracking.stage_run(
-        "preprocess", {"preprocess": p}, experiment=params["mlflow"]["experiment"]
-    ):
+    with tracking.stage_run("preprocess", params, experiment=params["mlflow"]["experiment"]):
         result = preprocess_table(table, detector, size=p["size"], batch_size=p["batch_size"])
         settings = {**detector.settings(), "size": p["size"], "batch_size": p["batch_size"]}
         summary = detection_summary(result.detections, settings, result.images_per_second)

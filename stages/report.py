@@ -13,7 +13,7 @@ OUT = "reports/study.md"
 
 def main() -> None:
     params = load_params()
-    with tracking.stage_run("report", {}, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("report", params, experiment=params["mlflow"]["experiment"]):
         write_text(OUT, build_report("reports"))
         tracking.log_artifacts(OUT)
         print(f"wrote {OUT}")

@@ -17,12 +17,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ferlab").setLevel(logging.INFO)
     params = load_params()
-    logged = {
-        "seed": params["seed"],
-        "split": params["split"],
-        "validate": {"leakage": {"policy": params["validate"]["leakage"]["policy"]}},
-    }
-    with tracking.stage_run("split", logged, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("split", params, experiment=params["mlflow"]["experiment"]):
         report = run_split(params["split"], params["seed"])
         write_json("reports/split_counts.json", report)
         metrics = {f"images_{split}": n for split, n in report["totals"].items()}

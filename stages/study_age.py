@@ -27,8 +27,7 @@ OUT_PNG = "reports/figures/study_age_confusion.png"
 
 def main() -> None:
     params = load_params()
-    subset = {"evaluate.batch_size": params["evaluate"]["batch_size"]}
-    with tracking.stage_run("study_age", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("study_age", params, experiment=params["mlflow"]["experiment"]):
         classifier = Classifier.from_checkpoint("models/model.pt")
         # The model is scored on the preprocessing it was trained on (as the evaluate stage does).
         variant = classifier.meta.get("variant", params["train"]["variant"])

@@ -19,8 +19,7 @@ OUT_PNG = "reports/figures/study_resize.png"
 def main() -> None:
     params = load_params()
     study = params["study_resize"]
-    subset = {"seed": params["seed"], "study_resize": study}
-    with tracking.stage_run("study_resize", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("study_resize", params, experiment=params["mlflow"]["experiment"]):
         classifier = Classifier.from_checkpoint("models/model.pt")
         # The model is scored on the preprocessing it was trained on (as the evaluate stage does).
         variant = classifier.meta.get("variant", params["train"]["variant"])

@@ -17,8 +17,7 @@ TAGS = "data/age_tags.csv"
 def main() -> None:
     params = load_params()
     age = params["age"]
-    subset = {"age.labels_override": age["labels_override"]}
-    with tracking.stage_run("tag_age", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("tag_age", params, experiment=params["mlflow"]["experiment"]):
         # Tags come from the plain FER2013+ crops, the kind of face the age model was matched to.
         images, _, paths = load_split("test", variant="original")
         classifier = Classifier.from_checkpoint("models/age.pt", expected_classes=AGE_CLASSES)

@@ -16,8 +16,7 @@ def main() -> None:
     if distributed and dist.get_rank() != 0:
         train_from_params(params)
         return
-    subset = {"seed": params["seed"], "model": params["model"], "train": params["train"]}
-    with tracking.stage_run("train", subset, experiment=params["mlflow"]["experiment"]):
+    with tracking.stage_run("train", params, experiment=params["mlflow"]["experiment"]):
         train_from_params(params)
         tracking.log_artifacts(
             "models/model.pt", "reports/train.json", "reports/figures/training_curves.png"

@@ -25,9 +25,7 @@ def main() -> None:
     logging.getLogger("ferlab").setLevel(logging.INFO)
     params = load_params()
     vparams = params["validate"]
-    with tracking.stage_run(
-        "validate", {"validate": vparams}, experiment=params["mlflow"]["experiment"]
-    ):
+    with tracking.stage_run("validate", params, experiment=params["mlflow"]["experiment"]):
         report = validate_raw(vparams, raw="data/raw", reports="reports")
         tracking.log_metrics(report_metrics(report))
         tracking.log_artifacts(*REPORTS)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,16 +64,30 @@ def output_error(path: Path, exc: OSError) -> OutputError | None:
     return None
 
 
+def refuse_folder(target: str | Path) -> None:
+    """One clear error when a file output names an existing folder (it is never replaced)."""
+    target = Path(target)
+    if target.is_dir():
+        raise OutputError(
+            errno.EISDIR,
+            f"{target}: is a folder, and a file is written here; name a file instead "
+            f"(for example {target / 'out'}{target.suffix or ''}). Nothing was written or removed",
+        )
+
+
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
-    Works for files and folders: whatever the body writes at the yielded path replaces
-    `target` in one rename, and is removed if the body raises. A full disk or a permission
-    error while writing becomes one `OutputError` naming `target` (or the other file the
-    operating system named) and the fix.
+    For a file (the default) an existing folder at `target` is refused before anything is
+    written, never removed. With `folder=True` the body writes a folder that replaces the
+    pipeline-owned folder `target` in one rename. Whatever was written is removed if the body
+    raises. A full disk or a permission error while writing becomes one `OutputError` naming
+    `target` (or the other file the operating system named) and the fix.
     """
     target = Path(target)
+    if not folder:
+        refuse_folder(target)
     prefix = f".{target.name}."
     tmp_root: Path | None = None
     try:
@@ -82,8 +97,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{target}: nothing was written")
-        if target.is_dir() and not target.is_symlink():
+        if folder and target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        elif target.is_dir():
+            refuse_folder(target)  # a folder appeared while writing: still never removed
         os.replace(tmp, target)
     except OutputError:
         raise
@@ -137,9 +154,16 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Write arrays to an .npz atomically (uncompressed: loading must be fast)."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)
+    """Write arrays to an .npz atomically (uncompressed: loading must be fast).
+
+    Byte-for-byte repeatable (fixed entry timestamps, unlike `np.savez`), so the same arrays
+    keep the same hash and DVC does not rerun the stages downstream.
+    """
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -14,6 +14,8 @@ from ferlab.config import PARAMS_FILE, flatten
 
 DEFAULT_DB = "mlflow.db"
 MODEL_NAME = "ferlab-expression"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # opens on the runs table, not GenAI traces
 
 
 def tracking_uri() -> str:
@@ -46,11 +48,54 @@ def params_hash(path: str | Path = PARAMS_FILE) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "none"
 
 
+def stage_params(stage: str, params: dict[str, Any], dvc_yaml: str | Path = "dvc.yaml") -> dict:
+    """The flattened params `dvc.yaml` declares for `stage`: the one list of what it depends on.
+
+    A declared key may be a group (`validate`) or a dotted key (`train.lr`); a stage dvc.yaml
+    does not know (e.g. `train-run`) logs nothing here.
+    """
+    import yaml
+
+    path = Path(dvc_yaml)
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.is_file() else {}
+    declared = (stages.get(stage) or {}).get("params", [])
+    flat = flatten(params)
+    chosen: dict[str, Any] = {}
+    for key in declared:
+        key = str(key)
+        if key in flat:
+            chosen[key] = flat[key]
+        chosen.update({k: v for k, v in flat.items() if k.startswith(f"{key}.")})
+    return chosen
+
+
+def run_name(stage: str) -> str:
+    """`train · exp-1a2b3 · 4f5e6d` (stage, DVC experiment or commit, params hash): runs of one
+    stage can be told apart in the MLflow UI's run list without opening them."""
+    source = os.environ.get("DVC_EXP_NAME") or git_commit()[:7]
+    return f"{stage} · {source} · {params_hash()[:6]}"
+
+
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any], experiment: str = "ferlab") -> Iterator[Any]:
-    """Open an MLflow run for one pipeline stage and log its (flattened) params."""
+def stage_run(
+    stage: str,
+    params: dict[str, Any],
+    experiment: str = "ferlab",
+    extra: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Open an MLflow run for one pipeline stage, logging the params dvc.yaml declares for it.
+
+    `params` is the whole params.yaml; `extra` adds flattened params of a run outside the DAG
+    (`ferlab train-run` overrides). The run ends FAILED when the stage raises, is interrupted
+    or is stopped with SIGTERM (the stage runner turns SIGTERM into an exception).
+    """
     mlflow = _mlflow()
-    mlflow.set_experiment(experiment)
+    found = mlflow.set_experiment(experiment)
+    if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # Without it MLflow 3's UI opens the experiment on the GenAI traces page.
+        mlflow.MlflowClient().set_experiment_tag(
+            found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
     tags = {
         "stage": stage,
         "git_commit": git_commit(),
@@ -58,8 +103,9 @@ def stage_run(stage: str, params: dict[str, Any], experiment: str = "ferlab") ->
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
-        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+    logged = {**stage_params(stage, params), **flatten(extra or {})}
+    with mlflow.start_run(run_name=run_name(stage), tags=tags) as run:
+        flat = {k: str(v)[:500] for k, v in logged.items()}
         if flat:
             mlflow.log_params(flat)
         yield run

@@ -243,7 +243,7 @@ def save_arrays(
     arrays: dict[tuple[str, str], dict[str, np.ndarray]], root: str | Path = DEFAULT_ROOT
 ) -> None:
     """Write every (variant, split) .npz into `root`, replacing the folder in one rename."""
-    with atomic_path(root) as tmp:
+    with atomic_path(root, folder=True) as tmp:
         tmp.mkdir()
         for (variant, split), data in arrays.items():
             save_npz(array_path(split, variant, tmp), **data)

@@ -183,7 +183,7 @@ def prepare_raw(
             fetch(parsed.value, download)
             parsed = Source("zip", str(download))
 
-        with atomic_path(target) as tmp:
+        with atomic_path(target, folder=True) as tmp:
             if parsed.kind == "folder":
                 if sha256:
                     log.warning("data.sha256 is ignored for a folder source (%s)", parsed.value)
