@@ -12,7 +12,7 @@ import torch
 from ferlab.evaluation.attention_maps import DPI, PANEL_INCHES, attention_figure
 from ferlab.inference import to_tensor
 from ferlab.models import MODEL_NAMES, build_model
-from ferlab.training.checkpoint import load_model, save_checkpoint
+from ferlab.checkpoint import load_model, save_checkpoint
 from ferlab.training.losses import total_loss
 
 REFERENCE_PARAMS = 4_187_936  # DDAMFN, 2 heads, 8 classes, 112×112 (reference implementation)

@@ -91,7 +91,7 @@ def test_study_stages_end_to_end(real_faces, tmp_path: Path) -> None:
     import torch
 
     from ferlab.models import build_model
-    from ferlab.training.checkpoint import save_checkpoint
+    from ferlab.checkpoint import save_checkpoint
     from ferlab.training.loop import TrainConfig, fit
 
     images, labels = real_faces

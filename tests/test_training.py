@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.training.checkpoint import load_model, read_checkpoint
+from ferlab.checkpoint import load_model, read_checkpoint
 from ferlab.training.loop import TrainConfig, class_weights, epoch_order, fit
 
 ROOT = Path(__file__).resolve().parents[1]

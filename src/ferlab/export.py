@@ -22,7 +22,7 @@ import numpy as np
 from ferlab.classes import CLASSES
 from ferlab.inference import Classifier, softmax, to_tensor
 from ferlab.io import atomic_path, file_sha256, write_json
-from ferlab.training.checkpoint import NORMALIZATION
+from ferlab.checkpoint import NORMALIZATION
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "logits"
@@ -50,7 +50,7 @@ def export_onnx(
     import onnx
     import torch
 
-    from ferlab.training.checkpoint import load_model
+    from ferlab.checkpoint import load_model
 
     if opset < 17:
         raise ValueError(f"opset {opset} is too old; use 17 or newer")
@@ -398,7 +398,7 @@ def export_all(
     """The export stage's work: fp32 + int8 exports, their agreement and accuracy on real test
     faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report."""
     from ferlab.io import read_json
-    from ferlab.training.checkpoint import read_checkpoint
+    from ferlab.checkpoint import read_checkpoint
 
     onnx_out, int8_out = Path(onnx_out), Path(int8_out)
     meta = export_onnx(checkpoint, onnx_out, opset)

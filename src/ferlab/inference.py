@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ferlab.classes import CLASSES
-from ferlab.training.checkpoint import NORMALIZATION, load_model
+from ferlab.checkpoint import NORMALIZATION, load_model
 
 
 def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:

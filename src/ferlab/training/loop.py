@@ -24,7 +24,7 @@ from ferlab.evaluation.metrics import classification_metrics
 from ferlab.inference import softmax, to_tensor
 from ferlab.io import atomic_path
 from ferlab.training.augment import build_augmentation
-from ferlab.training.checkpoint import save_checkpoint
+from ferlab.checkpoint import save_checkpoint
 from ferlab.training.losses import total_loss
 
 Log = Callable[[str], None]
