@@ -22,10 +22,10 @@ from ferlab.age.data import (
     stratified_split,
 )
 from ferlab.age.model import read_override, tag_faces, train_age_model
+from ferlab.checkpoint import save_checkpoint
 from ferlab.classes import CLASSES
 from ferlab.evaluation.age_study import counts_table, group_study, groups_for, study_markdown
 from ferlab.inference import Classifier
-from ferlab.checkpoint import save_checkpoint
 
 TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
 # Both malformed names of the real archive lack the race field.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ferlab.checkpoint import load_model, read_checkpoint, save_checkpoint
 from ferlab.classes import CLASSES
 from ferlab.models import build_model
-from ferlab.checkpoint import load_model, read_checkpoint, save_checkpoint
 
 META = {
     "model": {"name": "baseline", "width": 0.25, "heads": 2, "activation": "relu", "dropout": 0.0},

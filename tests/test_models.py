@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from ferlab.checkpoint import load_model, save_checkpoint
 from ferlab.evaluation.attention_maps import DPI, PANEL_INCHES, attention_figure
 from ferlab.inference import to_tensor
 from ferlab.models import MODEL_NAMES, build_model
-from ferlab.checkpoint import load_model, save_checkpoint
 from ferlab.training.losses import total_loss
 
 REFERENCE_PARAMS = 4_187_936  # DDAMFN, 2 heads, 8 classes, 112×112 (reference implementation)

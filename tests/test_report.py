@@ -90,8 +90,8 @@ def test_study_stages_end_to_end(real_faces, tmp_path: Path) -> None:
     """study_resize, tag_age (with a hand label), study_age and report on a scratch project."""
     import torch
 
-    from ferlab.models import build_model
     from ferlab.checkpoint import save_checkpoint
+    from ferlab.models import build_model
     from ferlab.training.loop import TrainConfig, fit
 
     images, labels = real_faces

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ferlab.checkpoint import NORMALIZATION
 from ferlab.classes import CLASSES
 from ferlab.inference import Classifier, softmax, to_tensor
 from ferlab.io import atomic_path, file_sha256, write_json
-from ferlab.checkpoint import NORMALIZATION
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "logits"
@@ -397,8 +397,8 @@ def export_all(
 ) -> dict[str, Any]:
     """The export stage's work: fp32 + int8 exports, their agreement and accuracy on real test
     faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report."""
-    from ferlab.io import read_json
     from ferlab.checkpoint import read_checkpoint
+    from ferlab.io import read_json
 
     onnx_out, int8_out = Path(onnx_out), Path(int8_out)
     meta = export_onnx(checkpoint, onnx_out, opset)

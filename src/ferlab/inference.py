@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferlab.classes import CLASSES
 from ferlab.checkpoint import NORMALIZATION, load_model
+from ferlab.classes import CLASSES
 
 
 def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:

@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ferlab.checkpoint import save_checkpoint
 from ferlab.classes import NUM_CLASSES
 from ferlab.evaluation.metrics import classification_metrics
 from ferlab.inference import softmax, to_tensor
 from ferlab.io import atomic_path
 from ferlab.training.augment import build_augmentation
-from ferlab.checkpoint import save_checkpoint
 from ferlab.training.losses import total_loss
 
 Log = Callable[[str], None]
