@@ -42,7 +42,7 @@ def train_age_model(
 ) -> dict[str, Any]:
     """Split, train and evaluate the kids/adults model; the best checkpoint goes to
     `checkpoint_path`. Returns the report (data counts, held-out metrics, history)."""
-    from ferlab.models import DEFAULTS, build_model
+    from ferlab.models import build_model, model_options
     from ferlab.training.loop import TrainConfig, fit
 
     groups = age_groups(faces.ages, int(age_params["kids_max_age"]))
@@ -52,9 +52,10 @@ def train_age_model(
     size = int(age_params["size"])
     # Every hyper-parameter is written into the checkpoint, so later changes to the registry's
     # defaults cannot change what the checkpoint rebuilds.
-    hparams = {**DEFAULTS, **(age_params.get("hparams") or {})}
-    spec = {"name": age_params.get("model", "baseline"), **hparams}
-    model = build_model(spec["name"], input_size=size, num_classes=len(AGE_CLASSES), **hparams)
+    name = age_params.get("model", "baseline")
+    hparams = {**model_options(name), **(age_params.get("hparams") or {})}
+    spec = {"name": name, **hparams}
+    model = build_model(name, input_size=size, num_classes=len(AGE_CLASSES), **hparams)
     log(
         f"age model {spec['name']}: {len(train_idx)} train / {len(val_idx)} held-out faces, "
         f"{int((groups == 0).sum())} kids (age ≤ {age_params['kids_max_age']}), "

@@ -13,9 +13,10 @@ from ferlab.classes import CLASS_TO_INDEX, FERPLUS_ORDER, NUM_CLASSES
 def vote_distributions(votes_csv: str | Path, paths: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """N×8 float32 distributions for images given by path, matched on the file name.
 
-    Votes for "unknown" and "not a face" are dropped before normalising. An image missing from
-    the CSV (or with no expression votes) keeps its one-hot label, so training never silently
-    loses samples.
+    As in the FER+ reference's label-distribution training: an emotion with a single vote
+    (one tagger's outlier) is dropped, and votes for "unknown" and "not a face" are left out,
+    before normalising. An image missing from the CSV (or left with no expression votes)
+    keeps its one-hot label, so training never silently loses samples.
     """
     votes_csv = Path(votes_csv)
     if not votes_csv.is_file():
@@ -30,6 +31,7 @@ def vote_distributions(votes_csv: str | Path, paths: np.ndarray, labels: np.ndar
     counts = np.zeros((len(table), NUM_CLASSES), dtype=np.float32)
     for name in FERPLUS_ORDER:
         counts[:, CLASS_TO_INDEX[name]] = table[name].to_numpy(dtype=np.float32)
+    counts[counts <= 1] = 0.0  # single votes are outliers
     row_of = {name: i for i, name in enumerate(table.index)}
 
     out = np.eye(NUM_CLASSES, dtype=np.float32)[np.asarray(labels, dtype=int)]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ferlab.models import check_common, register
 from ferlab.models.mfn import ConvBNAct, make_activation, scaled
 
 POOLED_SIZE = 3  # side of the map the MLP sees, whatever the input size
 
 
+@register("baseline")
 class BaselineCNN(nn.Module):
     """Faces N×1×S×S → logits N×classes. Has no attention heads."""
 
@@ -28,6 +30,9 @@ class BaselineCNN(nn.Module):
         dropout: float = 0.0,
         hidden: int = 256,
     ) -> None:
+        check_common("baseline", width=width, activation=activation, dropout=dropout)
+        if not isinstance(hidden, int) or hidden < 8:
+            raise ValueError(f"invalid options for model 'baseline': hidden={hidden!r} must be ≥ 8")
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1

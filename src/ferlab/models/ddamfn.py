@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ferlab.models import check_common, register
 from ferlab.models.mfn import MFN, AxisGates, LinearConv
 
 
@@ -46,6 +47,7 @@ class DualDirectionHead(nn.Module):
         return gate_rows * gate_cols
 
 
+@register("ddamfn")
 class DDAMFN(nn.Module):
     """Faces N×1×S×S → logits N×classes.
 
@@ -63,6 +65,7 @@ class DDAMFN(nn.Module):
         activation: str = "prelu",
         dropout: float = 0.0,
     ) -> None:
+        check_common("ddamfn", heads=heads, width=width, activation=activation, dropout=dropout)
         super().__init__()
         self.backbone = MFN(input_size, width=width, activation=activation)
         channels, size = self.backbone.out_channels, self.backbone.out_size

@@ -112,7 +112,14 @@ def split_channels(channels: int, fractions: tuple[float, ...]) -> list[int]:
 
 class MixDepthwise(nn.Module):
     """MixConv: depthwise convs with different kernels on consecutive channel groups, then BN
-    and activation over all channels."""
+    and activation over all channels.
+
+    The groups' kernels are stored as the paper has them (one k×k depthwise conv per group),
+    but run as ONE depthwise conv whose kernels are zero-padded to the largest size: the same
+    result (a zero weight adds nothing) without the split, several small convs and the concat,
+    whose memory traffic dominated the training step on CPU (benchmarks/bench_train.py).
+    `fused=False` runs the groups separately (kept for the benchmark and the equality test).
+    """
 
     def __init__(
         self,
@@ -121,6 +128,7 @@ class MixDepthwise(nn.Module):
         fractions: tuple[float, ...],
         stride: int,
         activation: str,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.splits = split_channels(channels, fractions)
@@ -128,12 +136,28 @@ class MixDepthwise(nn.Module):
             nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False)
             for c, k in zip(self.splits, kernels, strict=True)
         )
+        self.kmax = max(kernels)
+        self.stride = stride
+        self.fused = fused
         self.bn = nn.BatchNorm2d(channels)
         self.act = make_activation(activation, channels)
 
+    def fused_weight(self) -> torch.Tensor:
+        """All groups' kernels, each zero-padded (centred) to kmax×kmax: C×1×kmax×kmax."""
+        parts = []
+        for conv in self.convs:
+            pad = (self.kmax - conv.kernel_size[0]) // 2
+            parts.append(nn.functional.pad(conv.weight, (pad, pad, pad, pad)))
+        return torch.cat(parts, dim=0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.splits, dim=1)
-        x = torch.cat([conv(p) for conv, p in zip(self.convs, parts, strict=True)], dim=1)
+        if self.fused:
+            x = nn.functional.conv2d(
+                x, self.fused_weight(), None, self.stride, self.kmax // 2, 1, x.shape[1]
+            )
+        else:
+            parts = torch.split(x, self.splits, dim=1)
+            x = torch.cat([conv(p) for conv, p in zip(self.convs, parts, strict=True)], dim=1)
         return self.act(self.bn(x))
 
 

@@ -1,9 +1,14 @@
-"""The train stage's work: data in, fitted checkpoint and training reports out."""
+"""The train stages' work: cached arrays in, fitted checkpoint and training reports out.
+
+Two stages share it: `train` (the study model, params `model` + `train`) and `train_fast`
+(the live model, params `fast`: its model name and size, plus overrides of `train`).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +16,11 @@ import numpy as np
 import torch.distributed as dist
 
 from ferlab import tracking
+from ferlab.classes import NUM_CLASSES
 from ferlab.data.arrays import load_split
 from ferlab.io import atomic_path, file_sha256, write_json
 from ferlab.models import build_model
 from ferlab.training.loop import FitResult, TrainConfig, fit, seed_everything
-
-MODEL_KEYS = ("heads", "width", "activation", "dropout")
 
 
 def init_distributed() -> bool:
@@ -27,51 +31,114 @@ def init_distributed() -> bool:
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return True
 
 
-def train_from_params(
-    params: dict[str, Any],
-    arrays_root: str | Path = "data/arrays",
-    checkpoint_path: str | Path = "models/model.pt",
-    reports: str | Path = "reports",
-) -> FitResult:
-    """Train the configured model on the cached arrays and write models/ and reports/ files."""
-    model_params, train_params = params["model"], params["train"]
-    variant = train_params["variant"]
-    config = TrainConfig.from_params(train_params, seed=params["seed"])
+@dataclass(frozen=True)
+class TrainJob:
+    """What one train stage fits: model name, its options, input size and training settings."""
+
+    model: str
+    options: dict[str, Any]
+    input_size: int
+    train: dict[str, Any]
+    checkpoint: Path
+    reports: Path
+
+    @classmethod
+    def study(
+        cls,
+        params: dict[str, Any],
+        checkpoint: str | Path = "models/model.pt",
+        reports: str | Path = "reports",
+    ) -> TrainJob:
+        """The `train` stage: params `model` (name, input_size, options under its name)."""
+        m = params["model"]
+        return cls(
+            m["name"],
+            dict(m.get(m["name"]) or {}),
+            int(m["input_size"]),
+            dict(params["train"]),
+            Path(checkpoint),
+            Path(reports),
+        )
+
+    @classmethod
+    def fast(
+        cls,
+        params: dict[str, Any],
+        checkpoint: str | Path = "models/fast.pt",
+        reports: str | Path = "reports/fast",
+    ) -> TrainJob:
+        """The `train_fast` stage: params `fast` (model, input_size, train overrides); the
+        model's options come from `model.<name>` like the study model's."""
+        f = params["fast"]
+        return cls(
+            f["model"],
+            dict(params["model"].get(f["model"]) or {}),
+            int(f["input_size"]),
+            {**params["train"], **(f.get("train") or {})},
+            Path(checkpoint),
+            Path(reports),
+        )
+
+
+def training_targets(
+    train_params: dict[str, Any],
+    votes_csv: str | Path,
+    paths: np.ndarray,
+    labels: np.ndarray,
+    log=print,
+) -> np.ndarray:
+    """Class indices, or the FER+ vote distributions (`train.targets`: votes | labels | auto;
+    auto = votes when the votes file exists)."""
+    mode = train_params.get("targets", "auto")
+    if mode not in ("auto", "votes", "labels"):
+        raise ValueError(f"train.targets={mode!r}; choose auto, votes or labels")
+    if mode == "labels" or (mode == "auto" and not Path(votes_csv).is_file()):
+        if mode == "auto":
+            log(f"{votes_csv} not found: training on the plurality labels (train.targets=auto)")
+        return labels.astype(np.int64)
+    from ferlab.data.votes import vote_distributions
+
+    return vote_distributions(votes_csv, paths, labels)
+
+
+def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
+    """Fit `job` on the cached arrays; write its checkpoint and training reports."""
+    variant = job.train["variant"]
+    config = TrainConfig.from_params(job.train, seed=params["seed"])
+    arrays_root = Path(job.train.get("arrays", "data/arrays"))
     train_images, train_labels, train_paths = load_split("train", variant, arrays_root)
     val_images, val_labels, _ = load_split("val", variant, arrays_root)
-    targets: np.ndarray = train_labels.astype(np.int64)
-    if train_params.get("soft_labels"):
-        from ferlab.data.votes import vote_distributions
-
-        targets = vote_distributions(params["data"]["votes"], train_paths, train_labels)
-
-    spec = {"name": model_params["name"], **{k: model_params[k] for k in MODEL_KEYS}}
-    input_size = int(model_params["input_size"])
-    seed_everything(config.seed)
-    model = build_model(spec["name"], input_size=input_size, **{k: spec[k] for k in MODEL_KEYS})
-    n_params = sum(p.numel() for p in model.parameters())
-    meta = {
-        "model": spec,
-        "input_size": input_size,
-        "variant": variant,
-        "data_sha256": file_sha256(Path(arrays_root) / f"{variant}_train.npz"),
-        "n_parameters": n_params,
-    }
     rank = dist.get_rank() if dist.is_initialized() else 0
-    print(
-        f"training {spec['name']} ({n_params / 1e6:.2f}M parameters) on {len(targets)} "
-        f"{variant} faces at {input_size}px; validating on {len(val_labels)}",
-        flush=True,
+    log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda _m: None)
+    targets = training_targets(job.train, params["data"]["votes"], train_paths, train_labels, log)
+
+    seed_everything(config.seed)
+    model = build_model(job.model, input_size=job.input_size, **job.options)
+    n_params = sum(p.numel() for p in model.parameters())
+    prior = np.bincount(train_labels, minlength=NUM_CLASSES) / max(len(train_labels), 1)
+    meta = {
+        "model": {"name": job.model, **job.options},
+        "input_size": job.input_size,
+        "variant": variant,
+        "data_sha256": file_sha256(arrays_root / f"{variant}_train.npz"),
+        "n_parameters": n_params,
+        "targets": "votes" if targets.ndim == 2 else "labels",
+        # Training class frequencies: the prior that logit adjustment divides out.
+        "class_prior": [float(p) for p in prior],
+    }
+    log(
+        f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
+        f"{variant} faces at {job.input_size}px ({meta['targets']} targets, {config.epochs} "
+        f"epochs); validating on {len(val_labels)}"
     )
 
     def on_epoch(row: dict[str, float]) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
-    log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda _m: None)
     result = fit(
         model,
         train_images,
@@ -79,15 +146,26 @@ def train_from_params(
         val_images,
         val_labels,
         config,
-        checkpoint_path=checkpoint_path,
+        checkpoint_path=job.checkpoint,
         meta=meta,
-        resume_path=Path(checkpoint_path).with_suffix(".resume.pt"),
+        # Beside the checkpoint but not a DVC output: DVC deletes outputs before rerunning a
+        # stage, and the state must survive that to resume a killed run.
+        resume_path=job.checkpoint.with_suffix(".resume.pt"),
         log=log,
         on_epoch=on_epoch if rank == 0 else None,
     )
     if rank == 0:
-        write_training_reports(result, Path(reports), n_params, config)
+        write_training_reports(result, job.reports, n_params, config)
     return result
+
+
+def train_from_params(
+    params: dict[str, Any],
+    checkpoint_path: str | Path = "models/model.pt",
+    reports: str | Path = "reports",
+) -> FitResult:
+    """The study model (`train` stage, `ferlab train-run`)."""
+    return train_job(params, TrainJob.study(params, checkpoint_path, reports))
 
 
 def write_training_reports(
