@@ -140,8 +140,9 @@ def _layout_path(name: str, root: str) -> tuple[str, str, str] | None:
 
 
 def _corrupt(label: str, entry: str, exc: Exception) -> DataError:
+    kind = "zlib" if isinstance(exc, zlib.error) else type(exc).__name__  # zlib's is "error"
     return DataError(
-        f"{label}: entry {entry!r} is corrupt ({type(exc).__name__}: {exc}); the archive is "
+        f"{label}: entry {entry!r} is corrupt ({kind}: {exc}); the archive is "
         "damaged (an interrupted or bad download): fetch it again, and check it with `unzip -t`"
     )
 
