@@ -3,6 +3,8 @@ and the per-group study on real faces."""
 
 from __future__ import annotations
 
+import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,12 +20,12 @@ from ferlab.age.data import (
     fer_like_crop,
     load_faces,
     parse_age,
-    safe_extract,
     stratified_split,
 )
 from ferlab.age.model import read_override, tag_faces, train_age_model
 from ferlab.checkpoint import save_checkpoint
 from ferlab.classes import CLASSES
+from ferlab.data import DataError
 from ferlab.evaluation.age_study import counts_table, group_study, groups_for, study_markdown
 from ferlab.inference import Classifier
 
@@ -63,24 +65,47 @@ def test_age_groups_put_the_boundary_age_among_kids() -> None:
     assert age_groups(np.array([0, 12, 13, 17, 18, 80]), 12).tolist() == [0, 0, 1, 1, 1, 1]
 
 
-def test_safe_extract_refuses_entries_leaving_the_target(tmp_path: Path) -> None:
+def test_age_loader_refuses_a_traversal_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The age loader extracts through data/archive.py's safe_extract: same checks as FER2013+.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # its temporaries, seen alone
+    (tmp_path / "tmp").mkdir()
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("utkface/1_0_0_20161219140623097.jpg.chip.jpg", b"fine")
         zf.writestr("../escaped.jpg", b"bad")
-    target = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"escaped\.jpg.*outside"):
-        safe_extract(archive, target)
+    with pytest.raises(DataError, match=r"'\.\./escaped\.jpg' leaves the extraction folder"):
+        load_faces(archive, size=48, log=lambda _m: None)
     assert not (tmp_path / "escaped.jpg").exists()
-    assert not target.exists() or not any(target.rglob("*"))  # checked before writing anything
+    assert not list((tmp_path / "tmp").iterdir())  # the temporary folder is gone
 
 
-def test_safe_extract_refuses_archives_over_the_size_limit(tmp_path: Path) -> None:
+def test_age_loader_refuses_archives_over_the_size_limit(tmp_path: Path) -> None:
     archive = tmp_path / "big.zip"
+    noise = np.random.default_rng(0).bytes(2 * 2**20)  # incompressible: the size limit acts
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("utkface/a.jpg", b"\0" * (2 * 2**20))
-    with pytest.raises(ValueError, match="limit"):
-        safe_extract(archive, tmp_path / "out", max_mb=1)
+        zf.writestr("utkface/1_0_0_20161219140623097.jpg.chip.jpg", noise)
+    with pytest.raises(DataError, match=r"over data\.max_extract_mb = 1 MiB"):
+        load_faces(archive, size=48, max_extract_mb=1, log=lambda _m: None)
+
+
+def test_age_loader_refuses_special_files_and_absurd_ratios(tmp_path: Path) -> None:
+    # Checks the age loader's own extraction used to lack.
+    fifo = zipfile.ZipInfo("utkface/pipe")
+    fifo.create_system = 3
+    fifo.external_attr = (stat.S_IFIFO | 0o644) << 16
+    special = tmp_path / "fifo.zip"
+    with zipfile.ZipFile(special, "w") as zf:
+        zf.writestr("utkface/1_0_0_20161219140623097.jpg.chip.jpg", b"fine")
+        zf.writestr(fifo, b"")
+    with pytest.raises(DataError, match="special file"):
+        load_faces(special, size=48, log=lambda _m: None)
+    ratio = tmp_path / "ratio.zip"
+    with zipfile.ZipFile(ratio, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("utkface/1_0_0_20161219140623097.jpg.chip.jpg", bytes(8 << 20))
+    with pytest.raises(DataError, match="expands"):
+        load_faces(ratio, size=48, log=lambda _m: None)
 
 
 def test_fer_like_crop_geometry() -> None:

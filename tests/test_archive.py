@@ -165,3 +165,41 @@ def test_folder_source_with_a_symlink_is_refused(tmp_path: Path) -> None:
     (source / "fer2013plus/train/anger/link.png").symlink_to("/etc/passwd")
     with pytest.raises(DataError, match="symbolic link"):
         copy_folder(source, tmp_path / "raw")
+
+
+def damage_entry(archive: Path, name: str, compression: int, garbage: bool) -> None:
+    """Overwrite part of one entry's stored data in place (headers and sizes stay intact)."""
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(name)
+        assert info.compress_type == compression
+    data = bytearray(archive.read_bytes())
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    if garbage:  # not a deflate stream any more
+        data[start : start + info.compress_size] = b"\xff" * info.compress_size
+    else:  # one flipped byte: the data reads, its CRC-32 does not match
+        data[start + info.compress_size // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("compression", "garbage", "reason"),
+    [(zipfile.ZIP_STORED, False, "Bad CRC-32"), (zipfile.ZIP_DEFLATED, True, "decompressing")],
+    ids=["bad_crc", "bad_deflate"],
+)
+def test_damaged_entry_is_one_clear_error_and_leaves_nothing(
+    tmp_path: Path, compression: int, garbage: bool, reason: str
+) -> None:
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", compression) as zf:
+        for name, data in kaggle_like().items():
+            zf.writestr(name, data)
+    victim = "fer2013plus/test/happiness/fer12test.png"
+    damage_entry(archive, victim, compression, garbage)
+    with pytest.raises(DataError) as err:
+        prepare_raw(str(archive), target=tmp_path / "data/raw")
+    message = str(err.value)
+    assert message.startswith(f"{archive}: entry {victim!r} is corrupt") and reason in message
+    assert "fetch it again" in message and "\n" not in message
+    assert leftovers(tmp_path / "data") == []

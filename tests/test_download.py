@@ -277,3 +277,35 @@ def test_download_stage_script_reports_one_line_and_exits_1(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
     assert f"download failed: data.source '{tmp_path / 'missing.zip'}'" in proc.stderr
     assert not (tmp_path / "data/raw").exists()
+
+
+class HtmlPage(BaseHTTPRequestHandler):
+    """A web server that answers every request with an HTML page (a login wall, say)."""
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><html><body>Please sign in to download</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_html_page_instead_of_a_zip_names_the_url(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HtmlPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/datasets/fer2013plus.zip"
+    try:
+        with pytest.raises(DataError) as err:
+            prepare_raw(url, target=tmp_path / "project/data/raw")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(err.value)
+    assert message.startswith(f"{url}: the server sent a text/html file that is not a zip")
+    assert "download-" not in message  # not the name of the deleted temporary file
+    assert "data.source=" in message
+    assert data_leftovers(tmp_path / "project") == []  # the temporary download is gone

@@ -216,3 +216,60 @@ def test_a_split_that_would_be_empty_is_refused_and_nothing_written(tmp_path: Pa
     with pytest.raises(DataError, match=r"the val split would be empty; check split\.val_fraction"):
         run_split(params, 42, tmp_path / "manifest.csv", tmp_path / "split.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+
+
+def run_ferlab(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real command in a subprocess: what a user sees, traceback or not."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ferlab.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+def test_evaluate_without_a_checkpoint_names_the_stage_to_run(tmp_path: Path) -> None:
+    line = one_error_line(run_ferlab(tmp_path, "evaluate", "models/model.pt"))
+    assert line == "error: models/model.pt: no checkpoint; run `dvc repro train` first"
+    assert not (tmp_path / "reports").exists()
+
+
+def test_evaluate_without_arrays_names_the_file_and_the_stage(tmp_path: Path) -> None:
+    from test_cli_outputs import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "models/model.pt")
+    line = one_error_line(run_ferlab(tmp_path, "evaluate", "models/model.pt"))
+    assert line.startswith("error: data/arrays/original_val.npz: no cached arrays")
+    assert "dvc repro preprocess" in line
+    assert not (tmp_path / "reports").exists()  # stopped before writing any report
+
+
+def test_train_run_without_arrays_stops_before_training(tmp_path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["variant"] = "retinaface"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    line = one_error_line(run_ferlab(tmp_path, "train-run", "quick", "-S", "train.epochs=1"))
+    assert line.startswith("error: data/arrays/retinaface_train.npz: no cached arrays")
+    assert "dvc repro preprocess" in line
+    # Nothing started: no run folders, no MLflow run.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_train_run_outside_the_project_names_params_yaml(tmp_path: Path) -> None:
+    line = one_error_line(run_ferlab(tmp_path, "train-run", "quick"))
+    assert line == "error: params.yaml: no params file; run from the project root"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_export import train_small
+from test_realtime import csv_rows_lf_and_full
 from typer.testing import CliRunner
 
 from ferlab.classes import CLASSES
@@ -16,6 +17,7 @@ from ferlab.cli import app
 from ferlab.export import export_onnx
 from ferlab.io import save_npz
 from ferlab.realtime import NO_FACE
+from ferlab.realtime.predict import UNREADABLE
 
 runner = CliRunner()
 
@@ -126,17 +128,61 @@ def test_predict_finds_each_face_in_a_photo(real_faces, tmp_path) -> None:
     assert np.allclose(faces[list(CLASSES)].sum(axis=1), 1.0, atol=1e-4)
 
 
-def test_predict_bad_image_is_one_clear_error(real_faces, tmp_path) -> None:
+def faces_with_a_broken_last_file(real_faces, folder: Path) -> list[Path]:
     images, labels = real_faces
-    write_faces(images[:3], labels[:3], tmp_path / "faces")
-    (tmp_path / "faces/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    good = write_faces(images[:3], labels[:3], folder)
+    # Sorted last (z…): the batch is all read before the bad file is met.
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return good
+
+
+def test_predict_skips_an_unreadable_file_and_says_so(real_faces, tmp_path) -> None:
+    good = faces_with_a_broken_last_file(real_faces, tmp_path / "faces")
     out = tmp_path / "predictions.csv"
     done = runner.invoke(
         app, ["predict", str(tmp_path / "faces"), "--no-detect", "--out", str(out)]
     )
+    assert done.exit_code == 2, done.output  # written, but scripts must notice the skip
+    broken = tmp_path / "faces/zz_broken.png"
+    assert f"error: {broken}: not a readable image" in done.stderr
+    assert "1 of 4 files could not be read" in done.stderr
+    assert "Traceback" not in done.output
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert sorted(rows["file"]) == sorted(map(str, [*good, broken]))
+    assert (rows.loc[rows["file"] == str(broken), "label"] == UNREADABLE).all()
+    readable = rows[rows["file"] != str(broken)]
+    assert set(readable["label"]) <= set(CLASSES) and len(readable) == 3
+    assert not list(tmp_path.glob(".predictions.csv*"))
+
+
+def test_predict_strict_stops_at_the_first_unreadable_file(real_faces, tmp_path) -> None:
+    faces_with_a_broken_last_file(real_faces, tmp_path / "faces")
+    out = tmp_path / "predictions.csv"
+    done = runner.invoke(
+        app, ["predict", str(tmp_path / "faces"), "--no-detect", "--strict", "--out", str(out)]
+    )
     assert done.exit_code == 1
-    assert "broken.png" in done.output and "not a readable image" in done.output
+    assert done.stderr.count("error:") == 1
+    assert "zz_broken.png" in done.stderr and "not a readable image" in done.stderr
     assert not out.exists() and not list(tmp_path.glob(".predictions.csv*"))
 
     done = runner.invoke(app, ["predict", str(tmp_path / "missing"), "--out", str(out)])
     assert done.exit_code == 1 and "missing: no such image file or folder" in done.output
+
+
+def test_predict_csv_has_lf_line_endings_and_full_rows(real_faces, tmp_path) -> None:
+    images, _ = real_faces
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = cv2.resize(images[50], (180, 180), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((300, 300), 110, np.uint8)
+    canvas[60:240, 60:240] = face
+    cv2.imwrite(str(photos / "face.png"), canvas)
+    cv2.imwrite(str(photos / "empty.png"), np.full((200, 200), 110, np.uint8))
+    (photos / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "predictions.csv"
+    done = runner.invoke(app, ["predict", str(photos), "--out", str(out)])
+    assert done.exit_code == 2, done.output
+    assert len(pd.read_csv(out).columns) == 8 + len(CLASSES)
+    body = csv_rows_lf_and_full(out)
+    assert {row[6] for row in body} >= {NO_FACE, UNREADABLE}  # both padded to the header

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -21,6 +27,7 @@ from ferlab.realtime import NO_FACE, FramePipeline, IouTracker, RealtimeSettings
 from ferlab.realtime.runtime import label_of
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def onehot(i: int) -> np.ndarray:
@@ -330,3 +337,89 @@ def test_unreadable_camera_gives_a_clear_message(tmp_path) -> None:
     done = runner.invoke(app, ["camera", "--device", str(tmp_path / "none.mp4"), "--mode", "mjpeg"])
     assert done.exit_code == 1 and "no such video file" in done.output
     assert not (tmp_path / "x.mp4").exists()
+
+
+def csv_rows_lf_and_full(path: Path) -> list[list[str]]:
+    """The rows under the header, after checking LF line endings and that every row has as
+    many fields as the header."""
+    data = path.read_bytes()
+    assert b"\r" not in data
+    header, *body = csv.reader(io.StringIO(data.decode()))
+    assert all(len(row) == len(header) for row in body)
+    return body
+
+
+def test_timeline_csv_has_lf_line_endings_and_full_no_face_rows(real_faces, tmp_path) -> None:
+    images, _ = real_faces
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10, (320, 240))
+    blank = np.full((240, 320, 3), 120, np.uint8)
+    for frame in (blank, blank, face_on_canvas(images[50]), face_on_canvas(images[50])):
+        writer.write(frame)
+    writer.release()
+    csv_path = tmp_path / "timeline.csv"
+    done = runner.invoke(app, ["video", str(video), "--csv", str(csv_path)])
+    assert done.exit_code == 0, done.output
+    body = csv_rows_lf_and_full(csv_path)
+    assert [row[7] for row in body[:2]] == [NO_FACE, NO_FACE]
+
+
+# --- stopping by signal ------------------------------------------------------------------------
+
+
+def ferlab_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ferlab.cli", *args]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def rows_in(path: Path) -> int:
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [("video", signal.SIGTERM), ("camera", signal.SIGTERM), ("camera", signal.SIGINT)],
+    ids=["video-SIGTERM", "camera-SIGTERM", "camera-SIGINT"],
+)
+def test_signal_mid_run_finalises_like_the_end_of_input(
+    shared_data, tmp_path, command: str, signum: int
+) -> None:
+    source = shared_data / "videos/single_face.mp4"  # 464 frames: the signal comes mid-way
+    out, csv_path = tmp_path / "annotated.mp4", tmp_path / "timeline.csv"
+    where = [str(source)] if command == "video" else ["--device", str(source)]
+    outputs = ["--out", str(out), "--csv", str(csv_path), "--threads", "1"]
+    proc = subprocess.Popen(
+        ferlab_command(command, *where, *outputs),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        partial = tmp_path / "timeline.csv.partial"
+        deadline = time.monotonic() + 300
+        while rows_in(partial) < 5 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        assert rows_in(partial) >= 5, "no frame processed within 300 s"
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    name = "Ctrl+C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"stopped by {name} after" in stdout and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.mp4", "timeline.csv"]
+    timeline = pd.read_csv(csv_path)
+    frames = timeline["frame"].unique()
+    assert list(frames) == list(range(len(frames)))  # every frame processed, none torn
+    assert 5 <= len(frames) < count_frames(source)  # stopped mid-run
+    assert count_frames(out) == len(frames)  # a playable video of the same frames

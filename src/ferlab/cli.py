@@ -1,8 +1,20 @@
-"""The `ferlab` command line: thin commands over the library."""
+"""The `ferlab` command line: thin commands over the library.
+
+Bad input and outputs that cannot be written end a command with one `error:` line naming the
+file and the fix, and exit status 1; never a traceback.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -15,17 +27,137 @@ app = typer.Typer(
     help="Reproducible facial expression recognition on FER2013+.", no_args_is_help=True
 )
 
+# `ferlab predict`: CSV written, but some inputs were unreadable (1 means nothing was written).
+EXIT_SKIPPED = 2
+# How long the MLflow server may take to exit after SIGTERM before it is killed.
+UI_STOP_GRACE_S = 10.0
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print one clear error line and exit with status 1."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """The errors a user can fix, as one `error:` line and exit status 1.
+
+    Their messages name the file and the fix (missing input, bad data, an output that is a
+    folder or cannot be written, a camera that does not open); a traceback would hide that.
+    """
+    from ferlab.data import DataError
+    from ferlab.io import OutputError, output_error
+    from ferlab.realtime.video import StreamError
+
+    try:
+        yield
+    except (FileNotFoundError, ValueError, DataError, OutputError, StreamError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        # A full disk or a permission fault met by a library writing its own file.
+        named = Path(exc.filename) if isinstance(exc.filename, str) else None
+        clear = output_error(named, exc) if named is not None else None
+        if clear is None:
+            raise
+        raise _fail(str(clear)) from None
+
+
+def _file_in_folder(out: str, default_name: str) -> Path:
+    """`out`, or `out/default_name` when `out` is an existing folder or ends with a slash."""
+    if Path(out).is_dir() or out.endswith(("/", os.sep)):
+        return Path(out) / default_name
+    return Path(out)
+
+
+def _require_arrays(variant: str, root: str | Path, splits: tuple[str, ...]) -> None:
+    """Stop before any work (and any MLflow run) when a cached array file is missing."""
+    from ferlab.data.arrays import array_path
+
+    for split in splits:
+        path = array_path(split, variant, root)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no cached arrays; run the preprocess stage first "
+                "(`dvc repro preprocess`, or `python stages/preprocess.py` in the project)"
+            )
+
+
+def _group_gone(server: subprocess.Popen[bytes], group: int, timeout_s: float) -> bool:
+    """Wait until no process of `group` is left (the leader reaped), at most `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        server.poll()  # reap the leader, or it would count as left
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _end_group(server: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM to the server's whole process group (it forks workers), then SIGKILL to
+    whatever is still there after `grace_s`."""
+    group = server.pid  # start_new_session made the server the leader of its own group
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            break  # nobody left
+        if _group_gone(server, group, grace_s):
+            break
+    server.wait()
+
+
+def _serve_until_stopped(command: list[str], grace_s: float = UI_STOP_GRACE_S) -> int:
+    """Run a server in its own process group until it exits or this process gets SIGINT or
+    SIGTERM; then end the group. Returns the server's exit status, or 0 when stopped.
+
+    Its own group, because a terminal's Ctrl+C reaches only the foreground group and `kill`
+    only this process: either way the server (and the workers it forks) would outlive us.
+    """
+    received: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = subprocess.Popen(command, start_new_session=True)
+        try:
+            while not received and server.poll() is None:
+                time.sleep(0.2)
+        finally:
+            _end_group(server, grace_s)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0 if received else server.returncode
+
 
 @app.command()
 def ui(
     host: str = typer.Option("127.0.0.1", help="Address to bind; loopback unless you mean it."),
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
+    workers: int = typer.Option(
+        1, help="Server worker processes (each is a whole MLflow server in memory)."
+    ),
 ) -> None:
-    """Open the MLflow UI on this project's tracking store (mlflow.db by default)."""
-    from ferlab import tracking
+    """Open the MLflow UI on this project's tracking store (mlflow.db by default).
 
-    typer.echo(f"MLflow UI for {tracking.tracking_uri()} on http://{host}:{port}")
-    tracking.open_ui(host, port)
+    Ctrl+C or SIGTERM stops the server this command started, workers included.
+    """
+    from ferlab.tracking import tracking_uri
+
+    uri = tracking_uri()
+    typer.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    code = _serve_until_stopped(command)
+    if code:
+        raise _fail(f"the MLflow server exited with status {code} (is port {port} taken?)")
+    typer.echo("MLflow UI stopped")
 
 
 @app.command()
@@ -35,18 +167,16 @@ def evaluate(
     reports: str = typer.Option("reports", help="Where metrics and figures are written."),
 ) -> None:
     """Score a checkpoint on the cached val and test arrays."""
-    from ferlab.evaluation.evaluate import evaluate_checkpoint
+    with _one_line_errors():
+        from ferlab.checkpoint import read_checkpoint
+        from ferlab.evaluation.evaluate import evaluate_checkpoint
 
-    results = evaluate_checkpoint(checkpoint, arrays, reports)
+        variant = str(read_checkpoint(checkpoint).get("variant", "original"))
+        _require_arrays(variant, arrays, ("val", "test"))
+        results = evaluate_checkpoint(checkpoint, arrays, reports)
     for split in ("val", "test"):
         m = results[split]
         typer.echo(f"{split}: accuracy {m['accuracy']:.4f} balanced {m['balanced_accuracy']:.4f}")
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print one clear error line and exit with status 1."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def _pipeline(model: str | None, threads: int, **overrides: object):
@@ -59,6 +189,8 @@ def _pipeline(model: str | None, threads: int, **overrides: object):
 
 
 MODEL_HELP = "A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
+VIDEO_OUT_HELP = "Annotated video to write (.mp4); an existing folder is refused."
+CSV_HELP = "Per-frame CSV timeline to write; an existing folder is refused."
 
 
 @app.command()
@@ -70,9 +202,19 @@ def predict(
         False, "--no-detect", help="Inputs are already-cropped faces: skip face detection."
     ),
     model: str | None = typer.Option(None, help=MODEL_HELP),
-    out: str = typer.Option("predictions.csv", help="CSV to write (one row per face)."),
+    out: str = typer.Option(
+        "predictions.csv",
+        help="CSV to write (one row per face); a folder (existing, or ending in /) gets "
+        "predictions.csv inside it.",
+    ),
     threshold: float = typer.Option(
         0.0, help='Label "not detected" below this top probability (0: always the top class).'
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Stop at the first unreadable image and write no CSV. Without it such files are "
+        f"named on stderr and get an `unreadable` row, and the exit status is {EXIT_SKIPPED}.",
     ),
 ) -> None:
     """Classify the faces in images: CSV of file, face, box, label, confidence, probabilities."""
@@ -81,51 +223,62 @@ def predict(
     from ferlab.realtime import RealtimeSettings
     from ferlab.realtime.predict import predict_images
 
-    try:
+    target = _file_in_folder(out, "predictions.csv")
+    with _one_line_errors():
         settings = RealtimeSettings.load()
         classifier = load_classifier(model)
         detector = None if no_detect else FaceDetector(score_threshold=settings.detect_score)
         summary = predict_images(
             paths,
             classifier,
-            out,
+            target,
             detector,
             detect_max_side=settings.detect_max_side,
             threshold=threshold,
             log=typer.echo,
+            strict=strict,
+            on_unreadable=lambda message: typer.echo(f"error: {message}; skipped", err=True),
         )
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     counts = ", ".join(f"{label} {n}" for label, n in summary.labels.most_common())
     typer.echo(
         f"{summary.images} images, {summary.faces} faces"
         + (f", {summary.without_face} images without a face" if summary.without_face else "")
-        + f" -> {out}"
+        + f" -> {target}"
         + (f" ({counts})" if counts else "")
     )
+    if summary.unreadable:
+        typer.echo(
+            f"error: {len(summary.unreadable)} of {summary.images} files could not be read "
+            f"(rows labelled `unreadable` in {target}); replace or delete them, or use --strict",
+            err=True,
+        )
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 @app.command()
 def video(
     source: str = typer.Argument(..., help="Video file to annotate."),
-    out: str | None = typer.Option(None, "--out", help="Annotated video to write (.mp4)."),
-    csv: str | None = typer.Option(None, "--csv", help="Per-frame CSV timeline to write."),
+    out: str | None = typer.Option(None, "--out", help=VIDEO_OUT_HELP),
+    csv: str | None = typer.Option(None, "--csv", help=CSV_HELP),
     model: str | None = typer.Option(None, help=MODEL_HELP),
     threshold: float | None = typer.Option(None, help="Override realtime.threshold."),
     smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
     max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
     threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
 ) -> None:
-    """Annotate a video file: boxes, labels, FPS, and a per-frame CSV timeline."""
-    from ferlab.realtime import StreamError, annotate_video
+    """Annotate a video file: boxes, labels, FPS, and a per-frame CSV timeline.
+
+    Ctrl+C or SIGTERM stops after the current frame; the outputs hold every frame processed.
+    """
+    from ferlab.realtime import annotate_video
+    from ferlab.realtime.video import check_outputs
 
     if not out and not csv:
         raise _fail("nothing to write: give --out annotated.mp4 and/or --csv timeline.csv")
-    try:
+    with _one_line_errors():
+        check_outputs(source, out, csv)  # before the model loads: fail fast
         pipeline = _pipeline(model, threads, threshold=threshold, smoothing=smoothing)
         result = annotate_video(source, pipeline, out, csv, max_frames=max_frames, log=typer.echo)
-    except (FileNotFoundError, ValueError, StreamError) as exc:
-        raise _fail(str(exc)) from None
     if not result.complete:
         raise _fail(result.message)
     typer.echo(f"{result.message} at {result.fps:.1f} FPS, {result.faces} face detections")
@@ -139,23 +292,25 @@ def camera(
         help="auto | window | mjpeg | file (auto: file with --out, else window, else mjpeg).",
     ),
     port: int = typer.Option(8080, help="Port of the MJPEG stream on 127.0.0.1."),
-    out: str | None = typer.Option(None, "--out", help="Write annotated frames to this video."),
-    csv: str | None = typer.Option(None, "--csv", help="Per-frame CSV timeline to write."),
+    out: str | None = typer.Option(None, "--out", help=VIDEO_OUT_HELP),
+    csv: str | None = typer.Option(None, "--csv", help=CSV_HELP),
     model: str | None = typer.Option(None, help=MODEL_HELP),
     threshold: float | None = typer.Option(None, help="Override realtime.threshold."),
     smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
     max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
     threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
 ) -> None:
-    """Live expression recognition from a camera: a window, an MJPEG stream or a video file."""
-    from ferlab.realtime import StreamError
-    from ferlab.realtime.camera import run_camera
+    """Live expression recognition from a camera: a window, an MJPEG stream or a video file.
 
-    try:
+    Ctrl+C or SIGTERM stops after the current frame; the outputs hold every frame processed.
+    """
+    from ferlab.realtime.camera import run_camera
+    from ferlab.realtime.video import check_outputs
+
+    with _one_line_errors():
+        check_outputs(device, out, csv)  # before the model loads: fail fast
         pipeline = _pipeline(model, threads, threshold=threshold, smoothing=smoothing)
         result = run_camera(device, pipeline, mode, port, out, csv, max_frames, log=typer.echo)
-    except (FileNotFoundError, ValueError, StreamError) as exc:
-        raise _fail(str(exc)) from None
     if not result.complete:
         raise _fail(result.message)
     typer.echo(f"{result.message} at {result.fps:.1f} FPS")
@@ -164,7 +319,11 @@ def camera(
 @app.command()
 def export(
     checkpoint: str = typer.Argument("models/model.pt", help="Checkpoint to export."),
-    out: str = typer.Option("model.onnx", help="fp32 ONNX file to write."),
+    out: str = typer.Option(
+        "model.onnx",
+        help="fp32 ONNX file to write; a folder (existing, or ending in /) gets model.onnx "
+        "inside it.",
+    ),
     int8: str = typer.Option(
         "none",
         help="Also write <out stem>.int8.onnx: none | dynamic | static (static "
@@ -174,13 +333,19 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset (17 or newer)."),
 ) -> None:
     """Export a checkpoint to ONNX (metadata inside), optionally with an int8 copy."""
-    from pathlib import Path
+    from ferlab.realtime.video import check_output_file
 
-    from ferlab.export import export_onnx, quantize_int8
+    target = _file_in_folder(out, "model.onnx")
+    int8_target = target.with_suffix(".int8.onnx")
+    with _one_line_errors():
+        # Both outputs are checked before the export writes the first one.
+        check_output_file(target, [checkpoint])
+        if int8 != "none":
+            check_output_file(int8_target, [checkpoint])
+        from ferlab.export import export_onnx, quantize_int8
 
-    try:
-        meta = export_onnx(checkpoint, out, opset)
-        typer.echo(f"{out}: fp32 ONNX, opset {opset}, variant {meta['variant']}")
+        meta = export_onnx(checkpoint, target, opset)
+        typer.echo(f"{target}: fp32 ONNX, opset {opset}, variant {meta['variant']}")
         if int8 != "none":
             faces = None
             if int8 == "static":
@@ -189,15 +354,8 @@ def export(
 
                 images, _, _ = load_split("train", meta["variant"], arrays)
                 faces = images[sample_indices(len(images), 512, seed=0)]
-            target = Path(out).with_suffix(".int8.onnx")
-            quantize_int8(out, target, int8, faces)
-            typer.echo(f"{target}: int8 ONNX ({int8})")
-    except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-
-
-if __name__ == "__main__":
-    app()
+            quantize_int8(target, int8_target, int8, faces)
+            typer.echo(f"{int8_target}: int8 ONNX ({int8})")
 
 
 @app.command("train-run")
@@ -212,22 +370,34 @@ def train_run(
     The DVC pipeline (`dvc repro`, `dvc exp run`) is the way to reproduce the study; this
     command reuses the cached arrays to compare models or preprocessing variants quickly.
     """
-    from pathlib import Path
+    with _one_line_errors():
+        from ferlab.config import apply_overrides, load_params
 
-    from ferlab import tracking
-    from ferlab.config import apply_overrides, load_params
-    from ferlab.evaluation.evaluate import evaluate_checkpoint
-    from ferlab.training.run import train_from_params
+        params = apply_overrides(load_params(), overrides)
+        # Training runs for minutes to hours: a missing split stops it now, not at evaluation.
+        _require_arrays(params["train"]["variant"], "data/arrays", ("train", "val", "test"))
 
-    params = apply_overrides(load_params(), overrides)
-    checkpoint = Path("models/runs") / name / "model.pt"
-    out = Path("reports/runs") / name
-    subset = {"seed": params["seed"], "model": params["model"], "train": params["train"]}
-    with tracking.stage_run(f"train:{name}", subset, experiment=params["mlflow"]["experiment"]):
-        train_from_params(params, checkpoint_path=checkpoint, reports=out)
-        results = evaluate_checkpoint(checkpoint, reports=out)
-        tracking.log_metrics(
-            {f"test_{k}": results["test"][k] for k in ("accuracy", "balanced_accuracy")}
-        )
+        from ferlab import tracking
+        from ferlab.evaluation.evaluate import evaluate_checkpoint
+        from ferlab.training.run import train_from_params
+
+        checkpoint = Path("models/runs") / name / "model.pt"
+        out = Path("reports/runs") / name
+        subset = {"seed": params["seed"], "model": params["model"], "train": params["train"]}
+        experiment = params["mlflow"]["experiment"]
+        with tracking.stage_run(f"train:{name}", subset, experiment=experiment):
+            train_from_params(params, checkpoint_path=checkpoint, reports=out)
+            results = evaluate_checkpoint(checkpoint, reports=out)
+            tracking.log_metrics(
+                {f"test_{k}": results["test"][k] for k in ("accuracy", "balanced_accuracy")}
+            )
     m = results["test"]
     typer.echo(f"{name}: test accuracy {m['accuracy']:.4f} balanced {m['balanced_accuracy']:.4f}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,9 @@
-"""The age-labelled face set (UTKFace): safe extraction, file-name ages, FER-like crops."""
+"""The age-labelled face set (UTKFace): file-name ages, FER-like crops; zips are extracted by
+`ferlab.data.archive.safe_extract`, the one safe extraction."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -13,6 +13,8 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from ferlab.data import DataError
+from ferlab.data.archive import safe_extract
 from ferlab.io import read_gray
 
 # Class order of the age model: index 0 = kid, 1 = adult.
@@ -46,47 +48,6 @@ def parse_age(name: str) -> int:
 def age_groups(ages: np.ndarray, kids_max_age: int) -> np.ndarray:
     """0 (kid) for age ≤ kids_max_age, else 1 (adult)."""
     return np.where(np.asarray(ages) <= kids_max_age, 0, 1).astype(np.int64)
-
-
-def _member_target(target: Path, name: str) -> Path:
-    """Where an archive member would land; refuses absolute paths and `..` escapes."""
-    dest = (target / name).resolve()
-    root = target.resolve()
-    if PurePosixPath(name).is_absolute() or (dest != root and root not in dest.parents):
-        raise ValueError(
-            f"archive entry {name!r} would be written outside {target}; the archive is unsafe, "
-            "refusing to extract it"
-        )
-    return dest
-
-
-def safe_extract(archive: Path, target: Path, max_mb: float = 2048) -> list[Path]:
-    """Extract a zip into `target`, checking every member before anything is written.
-
-    Refuses members that leave `target` (absolute paths, `..`), links, and archives that would
-    unpack to more than `max_mb`. Returns the extracted file paths.
-    """
-    with zipfile.ZipFile(archive) as zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        total_mb = sum(i.file_size for i in infos) / 2**20
-        if total_mb > max_mb:
-            raise ValueError(
-                f"{archive}: unpacks to {total_mb:.0f} MB, over the {max_mb} MB limit "
-                "(data.max_extract_mb)"
-            )
-        plan = []
-        for info in infos:
-            # Unix symlinks in a zip carry S_IFLNK (0o120000) in the high attribute bits.
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ValueError(f"{archive}: entry {info.filename!r} is a link; refusing")
-            plan.append((info, _member_target(target, info.filename)))
-        paths = []
-        for info, dest in plan:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, dest.open("wb") as out:
-                shutil.copyfileobj(src, out)
-            paths.append(dest)
-    return paths
 
 
 def fer_like_crop(gray: np.ndarray, size: int, scale: float, center_y: float) -> np.ndarray:
@@ -133,7 +94,8 @@ def load_faces(
 ) -> AgeFaces:
     """Read an age-labelled face set from a local zip or folder of UTKFace chips.
 
-    A zip is extracted safely into a temporary folder that is removed afterwards. Files whose
+    A zip is extracted safely (no path traversal, links, special files or decompression
+    bombs; see `safe_extract`) into a temporary folder that is removed afterwards. Files whose
     names do not parse are skipped and listed in `skipped`.
     """
     source = Path(source)
@@ -150,10 +112,10 @@ def load_faces(
             safe_extract(source, Path(tmp), max_extract_mb)
             folder = Path(tmp)
         else:
-            raise ValueError(f"{source}: neither a folder nor a zip archive; check age.source")
+            raise DataError(f"{source}: neither a folder nor a zip archive; check age.source")
         files = _image_files(folder)
         if not files:
-            raise ValueError(f"{source}: holds no .jpg faces; is it the UTKFace archive?")
+            raise DataError(f"{source}: holds no .jpg faces; is it the UTKFace archive?")
         images, ages, names, skipped = [], [], [], []
         for i, path in enumerate(files):
             name = path.relative_to(folder).as_posix()
@@ -170,7 +132,7 @@ def load_faces(
     if skipped:
         log(f"skipped {len(skipped)} file(s) with malformed names, e.g. {skipped[0]}")
     if not images:
-        raise ValueError(f"{source}: no file name parsed as AGE_GENDER_RACE_DATE.jpg.chip.jpg")
+        raise DataError(f"{source}: no file name parsed as AGE_GENDER_RACE_DATE.jpg.chip.jpg")
     return AgeFaces(np.stack(images), np.array(ages, dtype=np.int64), names, skipped)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 RAW_SPLITS: tuple[str, ...] = ("train", "test")  # the splits an archive ships with
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # the splits after the split stage
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+# The image files ferlab reads (archives, data folders, `ferlab predict`): what OpenCV decodes.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DataError(RuntimeError):

@@ -1,9 +1,10 @@
-"""Safe extraction of a dataset archive (or copy of a folder) into the normalised raw layout.
+"""Safe extraction of archives (every zip ferlab reads goes through `safe_extract`), and the
+dataset archive (or copy of a folder) into the normalised raw layout.
 
 Whatever the archive looks like (`fer2013plus/train/...`, `train/...`, `data/x/train/...`), the
 result is `<target>/{train,test}/<class>/<file>`. Nothing is trusted: entries that would leave
 the target, links, device files and decompression bombs stop the extraction before a byte is
-written.
+written; damaged entry data stops it with the entry named.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import re
 import shutil
 import stat
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,7 +36,7 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _IGNORED_PARTS = {"__MACOSX"}
 
 
-def _safe_name(name: str, archive: Path) -> str:
+def _safe_name(name: str, archive: str | Path) -> str:
     """The entry name normalised; DataError if it is absolute or climbs out of the target."""
     if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
         raise DataError(
@@ -51,9 +53,12 @@ def _safe_name(name: str, archive: Path) -> str:
 
 
 def check_zip(
-    archive: Path, zf: zipfile.ZipFile, max_bytes: int
+    archive: str | Path, zf: zipfile.ZipFile, max_bytes: int
 ) -> list[tuple[zipfile.ZipInfo, str]]:
-    """Vet every entry before extracting anything; returns (entry, normalised name) of files."""
+    """Vet every entry before extracting anything; returns (entry, normalised name) of files.
+
+    `archive` only names the archive in messages.
+    """
     files: list[tuple[zipfile.ZipInfo, str]] = []
     total = 0
     for info in zf.infolist():
@@ -134,43 +139,88 @@ def _layout_path(name: str, root: str) -> tuple[str, str, str] | None:
     return split, label, file
 
 
-def extract_zip(archive: Path, target: Path, max_extract_mb: float) -> Counter[str]:
-    """Extract the images of `archive` into `target/{train,test}/<class>/`; counts per split.
+def _corrupt(label: str, entry: str, exc: Exception) -> DataError:
+    kind = "zlib" if isinstance(exc, zlib.error) else type(exc).__name__  # zlib's is "error"
+    return DataError(
+        f"{label}: entry {entry!r} is corrupt ({kind}: {exc}); the archive is "
+        "damaged (an interrupted or bad download): fetch it again, and check it with `unzip -t`"
+    )
 
-    `target` must not exist yet (the caller gives an atomic temporary path).
+
+def safe_extract(
+    archive: Path,
+    target: Path,
+    max_extract_mb: float,
+    select: Callable[[list[str]], dict[str, str]] | None = None,
+    label: str | None = None,
+) -> list[Path]:
+    """Extract a zip into `target` after vetting every entry (`check_zip`); the files written.
+
+    Every archive reader goes through here. `select` gets the vetted file names (normalised)
+    and returns {name: destination relative to `target`} for the files to write; by default
+    every file lands at its own path. The bytes really produced are counted against
+    `max_extract_mb` (a forged header must not get past the limit), and an entry whose data is
+    damaged (bad CRC, bad deflate stream, cut short) is one DataError naming it. `label` names
+    the archive in messages (e.g. the URL it was downloaded from); default: its path. On error,
+    files already written stay in `target`: callers extract into a temporary folder.
     """
     archive = Path(archive)
+    label = label or str(archive)
     if not zipfile.is_zipfile(archive):
-        raise DataError(f"{archive}: not a zip archive (corrupt download or wrong file)")
+        raise DataError(f"{label}: not a zip archive (corrupt download or wrong file)")
     max_bytes = int(max_extract_mb * 2**20)
-    with zipfile.ZipFile(archive) as zf:
-        files = check_zip(archive, zf, max_bytes)
-        root = find_split_root((name for _, name in files), str(archive))
-        log.info("extracting %s (data folder %r) into the normalised layout", archive, root or "/")
-        counts: Counter[str] = Counter()
-        skipped = 0
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{label}: not a readable zip archive ({exc}); fetch it again") from None
+    with zf:
+        files = check_zip(label, zf, max_bytes)
+        names = [name for _, name in files]
+        chosen = select(names) if select is not None else {name: name for name in names}
+        written_paths: list[Path] = []
         written = 0
         for info, name in tqdm(files, desc="extract", unit="file", mininterval=2.0):
-            where = _layout_path(name, root)
-            if where is None:
-                skipped += 1
+            relative = chosen.get(name)
+            if relative is None:
                 continue
-            dest = target.joinpath(*where)
+            dest = target / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
-            # Count the bytes really produced: a forged header must not get past the size limit.
-            with zf.open(info) as src, dest.open("wb") as out:
-                while chunk := src.read(_CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise DataError(
-                            f"{archive}: unpacks to more than data.max_extract_mb = "
-                            f"{max_extract_mb} MiB; refusing a likely decompression bomb"
-                        )
-                    out.write(chunk)
-            counts[where[0]] += 1
-    if skipped:
-        log.info("skipped %d entries outside <split>/<class>/<image>", skipped)
-    return counts
+            try:
+                with zf.open(info) as src, dest.open("wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise DataError(
+                                f"{label}: unpacks to more than data.max_extract_mb = "
+                                f"{max_extract_mb} MiB; refusing a likely decompression bomb"
+                            )
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise _corrupt(label, info.filename, exc) from None
+            written_paths.append(dest)
+    return written_paths
+
+
+def extract_zip(
+    archive: Path, target: Path, max_extract_mb: float, label: str | None = None
+) -> Counter[str]:
+    """Extract the images of `archive` into `target/{train,test}/<class>/`; counts per split.
+
+    `target` must not exist yet (the caller gives an atomic temporary path); `label` names the
+    archive in messages (default: its path).
+    """
+    label = label or str(archive)
+
+    def layout(names: list[str]) -> dict[str, str]:
+        root = find_split_root(names, label)
+        log.info("extracting %s (data folder %r) into the normalised layout", label, root or "/")
+        places = {name: "/".join(where) for name in names if (where := _layout_path(name, root))}
+        if len(places) < len(names):
+            log.info("skipped %d entries outside <split>/<class>/<image>", len(names) - len(places))
+        return places
+
+    written = safe_extract(archive, target, max_extract_mb, layout, label)
+    return Counter(path.relative_to(target).parts[0] for path in written)
 
 
 def copy_folder(folder: Path, target: Path) -> Counter[str]:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,11 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, auth: tuple[str, str] | None = None, what: str = "") -> None:
-    """Stream `url` into the file `dest` with a progress bar; one clear DataError on failure."""
+def fetch(url: str, dest: Path, auth: tuple[str, str] | None = None, what: str = "") -> str:
+    """Stream `url` into the file `dest` with a progress bar; one clear DataError on failure.
+
+    Returns the response's Content-Type ('' if none was sent).
+    """
     what = what or url
     try:
         with requests.get(url, auth=auth, stream=True, timeout=_TIMEOUT) as response:
@@ -117,6 +121,7 @@ def fetch(url: str, dest: Path, auth: tuple[str, str] | None = None, what: str =
                 for chunk in response.iter_content(chunk_size=1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
+            return response.headers.get("content-type", "")
     except requests.RequestException as exc:
         raise DataError(
             f"{what}: cannot download ({type(exc).__name__}: {exc}); check the network, or "
@@ -136,13 +141,17 @@ def first_existing(paths: Iterable[str | Path]) -> Path | None:
     return None
 
 
-def check_sha256(archive: Path, expected: str) -> str:
-    """The archive's sha256; DataError if `expected` is given and differs."""
+def check_sha256(archive: Path, expected: str, label: str | None = None) -> str:
+    """The archive's sha256; DataError if `expected` is given and differs.
+
+    `label` names the archive in the message (e.g. the URL it came from); default: its path.
+    """
     actual = sha256_file(archive)
     if expected and actual != expected.strip().lower():
         raise DataError(
-            f"{archive}: sha256 is {actual} but data.sha256 expects {expected}; the file is "
-            "corrupt or a different version: fetch it again, or correct data.sha256 in params.yaml"
+            f"{label or archive}: sha256 is {actual} but data.sha256 expects {expected}; the file "
+            "is corrupt or a different version: fetch it again, or correct data.sha256 in "
+            "params.yaml"
         )
     return actual
 
@@ -164,6 +173,7 @@ def prepare_raw(
     parsed = Source.parse(source)
     summary: dict = {"source": source}
     download: Path | None = None
+    origin: str | None = None  # what messages name instead of a temporary download file
     try:
         if parsed.kind == "kaggle":
             local = first_existing(local_copies)
@@ -176,11 +186,14 @@ def prepare_raw(
                 log.info("no local copy of %s (tried: %s); downloading from Kaggle", source, tried)
                 auth = kaggle_credentials()
                 download = _temp_file(target)
-                fetch(kaggle_url(parsed.value), download, auth=auth, what=f"Kaggle {parsed.value}")
+                origin = f"Kaggle {parsed.value} ({kaggle_url(parsed.value)})"
+                kind = fetch(kaggle_url(parsed.value), download, auth, f"Kaggle {parsed.value}")
+                check_downloaded_zip(download, origin, kind)
                 parsed = Source("zip", str(download))
         elif parsed.kind == "url":
             download = _temp_file(target)
-            fetch(parsed.value, download)
+            origin = parsed.value
+            check_downloaded_zip(download, origin, fetch(parsed.value, download))
             parsed = Source("zip", str(download))
 
         with atomic_path(target, folder=True) as tmp:
@@ -189,8 +202,8 @@ def prepare_raw(
                     log.warning("data.sha256 is ignored for a folder source (%s)", parsed.value)
                 counts = copy_folder(Path(parsed.value), tmp)
             else:
-                summary["sha256"] = check_sha256(Path(parsed.value), sha256)
-                counts = extract_zip(Path(parsed.value), tmp, max_extract_mb)
+                summary["sha256"] = check_sha256(Path(parsed.value), sha256, origin)
+                counts = extract_zip(Path(parsed.value), tmp, max_extract_mb, origin)
             for split in RAW_SPLITS:
                 if counts[split] == 0:
                     raise DataError(
@@ -204,6 +217,19 @@ def prepare_raw(
     summary["classes"] = sorted(p.name for p in (target / RAW_SPLITS[0]).iterdir() if p.is_dir())
     log.info("data ready in %s: %s", target, summary["counts"])
     return summary
+
+
+def check_downloaded_zip(download: Path, origin: str, content_type: str) -> None:
+    """DataError naming the URL when what came back is not a zip (an HTML login or error
+    page is the usual case); the temporary file it was saved to is no use to the reader."""
+    if zipfile.is_zipfile(download):
+        return
+    sent = f"{content_type.split(';')[0].strip()} " if content_type else ""
+    raise DataError(
+        f"{origin}: the server sent a {sent}file that is not a zip archive (an HTML page is "
+        "usually a login, consent or error page); check data.source, or download the archive "
+        f"in a browser and use the local copy: {LOCAL_HINT}"
+    )
 
 
 def _temp_file(target: Path) -> Path:

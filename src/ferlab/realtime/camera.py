@@ -20,9 +20,12 @@ from ferlab.realtime.runtime import FaceResult, FramePipeline
 from ferlab.realtime.video import (
     Log,
     Sink,
+    StopRequest,
     StreamError,
     StreamResult,
     VideoFileSink,
+    check_outputs,
+    open_outputs,
     open_source,
     run_stream,
 )
@@ -202,21 +205,19 @@ def run_camera(
 ) -> StreamResult:
     """Recognise expressions live from `device` (a camera number or a video file path)."""
     mode = resolve_mode(mode, out)
-    source, timeline = open_source(device, csv_path)  # a missing camera fails here
-    sinks: list[Sink] = [timeline] if timeline is not None else []
-    try:
-        if mode == "file":
-            assert out is not None
-            sinks.append(VideoFileSink(out, source.fps))
-        elif mode == "window":
-            sinks.append(WindowSink(f"ferlab: {source.name} (q to quit)"))
-        else:
+    check_outputs(device, out if mode == "file" else None, csv_path)
+    with StopRequest() as stop:
+        source, timeline = open_source(device, csv_path)  # a missing camera fails here
+
+        def display() -> list[Sink]:
+            if mode == "file":
+                assert out is not None
+                return [VideoFileSink(out, source.fps)]
+            if mode == "window":
+                return [WindowSink(f"ferlab: {source.name} (q to quit)")]
             server = MjpegServer(port)
-            sinks.append(server)
             log(f"streaming annotated frames from {source.name} on {server.url} (Ctrl+C stops)")
-    except Exception:
-        for sink in sinks:
-            sink.close()
-        source.release()
-        raise
-    return run_stream(source, pipeline, sinks, max_frames=max_frames, log=log)
+            return [server]
+
+        sinks = open_outputs(source, timeline, display)
+        return run_stream(source, pipeline, sinks, max_frames=max_frames, log=log, stop=stop)

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.classes import CLASSES, NOT_DETECTED
+from ferlab.classes import CLASSES
+from ferlab.data import IMAGE_SUFFIXES
 from ferlab.faces.align import plain_crop
 from ferlab.faces.detect import FaceDetector
 from ferlab.io import atomic_path, read_gray
-from ferlab.realtime.runtime import detect_faces, face_crop
-from ferlab.realtime.video import NO_FACE
+from ferlab.realtime.runtime import detect_faces, face_crop, label_of
+from ferlab.realtime.video import NO_FACE, check_output_file, padded_row
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+UNREADABLE = "unreadable"  # the label of the row of a file that is not a readable image
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "file",
     "face",
@@ -63,6 +64,7 @@ class PredictSummary:
     faces: int = 0
     without_face: int = 0
     labels: Counter[str] = field(default_factory=Counter)
+    unreadable: list[str] = field(default_factory=list)  # one message per file skipped
 
 
 def predict_images(
@@ -75,6 +77,8 @@ def predict_images(
     batch_size: int = 64,
     log: Log = print,
     log_every_s: float = 5.0,
+    strict: bool = False,
+    on_unreadable: Log | None = None,
 ) -> PredictSummary:
     """Classify every face in the images and write the CSV (atomically: all or nothing).
 
@@ -83,21 +87,36 @@ def predict_images(
     `no face` row. Without a detector, each image is taken as one already-cropped face and
     resized like the preprocess stage's `original` variant. A label is the most probable class,
     or "not detected" when its probability is below `threshold` (0 turns that off).
+
+    A file that cannot be read as an image gets one `unreadable` row, its message goes to
+    `on_unreadable` and `summary.unreadable`, and the other files are still classified; with
+    `strict` the first such file raises and no CSV is written.
     """
     files = collect_images(paths)
+    check_output_file(out_csv, files)
     size = int(classifier.input_size)
     variant = str(classifier.meta.get("variant", "original"))
     summary = PredictSummary()
     last_log = time.perf_counter()
     with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
+        # "\n", not the csv module's "\r\n": the same bytes on every platform and tool.
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(PREDICTION_COLUMNS)
         for begin in range(0, len(files), batch_size):
             chunk = files[begin : begin + batch_size]
-            entries: list[tuple[Path, int | None, tuple[float, ...]]] = []
+            entries: list[tuple[Path, str | int, tuple[float, ...]]] = []
             crops: list[np.ndarray] = []
             for path in chunk:
-                gray = read_gray(path)
+                try:
+                    gray = read_gray(path)
+                except (FileNotFoundError, ValueError) as exc:
+                    if strict:
+                        raise
+                    summary.unreadable.append(str(exc))
+                    if on_unreadable is not None:
+                        on_unreadable(str(exc))
+                    entries.append((path, UNREADABLE, ()))
+                    continue
                 if detector is None:
                     entries.append(
                         (path, 0, (0.0, 0.0, float(gray.shape[1]), float(gray.shape[0])))
@@ -106,27 +125,28 @@ def predict_images(
                     continue
                 faces = detect_faces(detector, gray, detect_max_side)
                 if not faces:
-                    entries.append((path, None, ()))
+                    entries.append((path, NO_FACE, ()))
                 for i, face in enumerate(faces):
                     entries.append((path, i, face.box))
                     crops.append(face_crop(gray, face, size, variant))
             probs = iter(classifier.predict_proba(np.stack(crops)) if crops else [])
             for path, face_index, box in entries:
-                if face_index is None:
-                    writer.writerow([str(path), "", "", "", "", "", NO_FACE, ""])
-                    summary.without_face += 1
+                if isinstance(face_index, str):  # no face, or unreadable: no probabilities
+                    row = [str(path), "", "", "", "", "", face_index]
+                    writer.writerow(padded_row(row, PREDICTION_COLUMNS))
+                    if face_index == NO_FACE:
+                        summary.without_face += 1
                     continue
-                row = next(probs)
-                top = int(row.argmax())
-                label = CLASSES[top] if row[top] >= threshold else NOT_DETECTED
+                probabilities = next(probs)
+                label, confidence = label_of(probabilities, threshold)
                 writer.writerow(
                     [
                         str(path),
                         face_index,
                         *(f"{v:.2f}" for v in box),
                         label,
-                        f"{row[top]:.6f}",
-                        *(f"{p:.6f}" for p in row),
+                        f"{confidence:.6f}",
+                        *(f"{p:.6f}" for p in probabilities),
                     ]
                 )
                 summary.faces += 1

@@ -3,24 +3,32 @@
 Outputs never look finished when they are not: the CSV timeline is written to `<name>.partial`
 with every frame's rows flushed as they come, and renamed to `<name>` when the loop ends (also
 when the source fails mid-way: it then holds every frame processed). The annotated video is
-likewise written beside its target and renamed at the end.
+likewise written beside its target and renamed at the end. Ctrl+C (SIGINT) and `kill` (SIGTERM)
+end the loop after the frame in progress, and the outputs are finalised as at the end of input.
+An output that names an existing folder, or the input itself, is refused before anything is
+opened.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import IO, Protocol
 
 import cv2
 import numpy as np
 
 from ferlab.classes import CLASSES
+from ferlab.io import OutputError, refuse_folder
 from ferlab.realtime.overlay import draw_overlay
 from ferlab.realtime.runtime import FaceResult, FramePipeline
 
@@ -131,15 +139,22 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
+def padded_row(values: Sequence[object], columns: Sequence[str]) -> list[object]:
+    """A short row (e.g. `no face`) filled with empty fields to the header's width."""
+    return [*values, *[""] * (len(columns) - len(values))]
+
+
 class TimelineWriter:
     """The per-frame CSV: one row per face (or one `no face` row), flushed every frame."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        refuse_folder(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self._file: IO[str] | None = self.partial.open("w", newline="")
-        self._writer = csv.writer(self._file)
+        # "\n", not the csv module's "\r\n": the same bytes on every platform and tool.
+        self._writer = csv.writer(self._file, lineterminator="\n")
         self._writer.writerow(TIMELINE_COLUMNS)
         self.rows = 0
 
@@ -147,7 +162,8 @@ class TimelineWriter:
         self, index: int, time_s: float, results: Sequence[FaceResult], annotated: np.ndarray
     ) -> bool:
         if not results:
-            self._writer.writerow([index, f"{time_s:.3f}", "", "", "", "", "", NO_FACE, ""])
+            row = [index, f"{time_s:.3f}", "", "", "", "", "", NO_FACE]
+            self._writer.writerow(padded_row(row, TIMELINE_COLUMNS))
             self.rows += 1
         for r in results:
             self._writer.writerow(
@@ -189,6 +205,7 @@ class VideoFileSink:
 
     def __init__(self, path: str | Path, fps: float) -> None:
         self.path = Path(path)
+        refuse_folder(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The container is chosen from the extension, so the temporary name keeps it.
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
@@ -202,14 +219,17 @@ class VideoFileSink:
         if self._writer is None:
             height, width = annotated.shape[:2]
             codec = "mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"
-            self._writer = cv2.VideoWriter(
+            writer = cv2.VideoWriter(
                 str(self.partial), cv2.VideoWriter.fourcc(*codec), self.fps, (width, height)
             )
-            if not self._writer.isOpened():
+            if not writer.isOpened():
+                writer.release()
+                self.partial.unlink(missing_ok=True)
                 raise StreamError(
                     f"{self.path}: cannot write a video here (codec {codec}); "
                     "use an .mp4 or .avi name in a writable folder"
                 )
+            self._writer = writer
         self._writer.write(annotated)
         self.frames += 1
         return True
@@ -239,6 +259,40 @@ class StreamResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class StopRequest:
+    """Ctrl+C (SIGINT) and `kill` (SIGTERM) as a request to stop after the frame in progress.
+
+    Raising at once would tear the frame being written (half its CSV rows, a frame missing
+    from the video); instead the loop sees `signal` set and ends as at the end of input, and
+    the outputs are finalised. A second signal interrupts at once (KeyboardInterrupt; the
+    outputs are still closed in `finally`). Handlers are installed only in the main thread,
+    the only one Python delivers signals to, and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, previous in self._previous.items():
+            # None: a handler not set from Python; the default is the closest restorable one.
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
 def run_stream(
     source: FrameSource,
     pipeline: FramePipeline,
@@ -246,11 +300,28 @@ def run_stream(
     max_frames: int | None = None,
     log: Log = print,
     log_every_s: float = 5.0,
+    stop: StopRequest | None = None,
 ) -> StreamResult:
-    """Process frames until the source ends, fails, a sink asks to stop, or Ctrl+C.
+    """Process frames until the source ends, fails, a sink asks to stop, or SIGINT/SIGTERM.
 
-    Sinks are closed (their files finalised) however the loop ends.
+    Sinks are closed (their files finalised) however the loop ends; the source is released.
+    `stop` is the caller's StopRequest when it already holds the signals; else one is made.
     """
+    if stop is not None:
+        return _loop(source, pipeline, sinks, max_frames, log, log_every_s, stop)
+    with StopRequest() as own:
+        return _loop(source, pipeline, sinks, max_frames, log, log_every_s, own)
+
+
+def _loop(
+    source: FrameSource,
+    pipeline: FramePipeline,
+    sinks: Sequence[Sink],
+    max_frames: int | None,
+    log: Log,
+    log_every_s: float,
+    stop: StopRequest,
+) -> StreamResult:
     pipeline.reset()
     start = last_log = time.perf_counter()
     index = faces = 0
@@ -259,6 +330,9 @@ def run_stream(
     ended = "end"
     try:
         while max_frames is None or index < max_frames:
+            if stop.signal is not None:
+                ended = stop.signal
+                break
             frame = source.read()
             if frame is None:
                 ended = "no frame"
@@ -288,7 +362,7 @@ def run_stream(
                 ended = "stopped"
                 break
     except KeyboardInterrupt:
-        ended = "interrupted"
+        ended = "SIGINT"
     finally:
         for sink in sinks:
             sink.close()
@@ -301,8 +375,10 @@ def run_stream(
 
 
 def _ending(source: FrameSource, ended: str, frames: int) -> tuple[bool, str]:
-    if ended == "interrupted":
+    if ended == "SIGINT":
         return True, f"{source.name}: stopped by Ctrl+C after {frames} frames"
+    if ended == "SIGTERM":
+        return True, f"{source.name}: stopped by SIGTERM after {frames} frames"
     if ended == "stopped" or ended == "end":
         return True, f"{source.name}: stopped after {frames} frames"
     if source.is_camera:
@@ -324,6 +400,29 @@ def _ending(source: FrameSource, ended: str, frames: int) -> tuple[bool, str]:
     return True, f"{source.name}: {frames} frames"
 
 
+def check_output_file(output: str | Path, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse, before anything is written, a file output that is an existing folder (never
+    replaced) or one of the command's inputs (never overwritten)."""
+    refuse_folder(output)
+    target = Path(output).resolve()
+    if any(Path(i).resolve() == target for i in inputs):
+        raise OutputError(
+            errno.EINVAL,
+            f"{output}: is an input of this command; name another file for the output "
+            "(inputs are never overwritten). Nothing was written",
+        )
+
+
+def check_outputs(source: str | int, *outputs: str | Path | None) -> None:
+    """`check_output_file` for each output given; the input video (not a camera number) is
+    the one input."""
+    spec = str(source).strip()
+    inputs = [] if spec.isdigit() else [spec]
+    for output in outputs:
+        if output:
+            check_output_file(output, inputs)
+
+
 def open_source(
     spec: str | int, out_csv: str | Path | None
 ) -> tuple[FrameSource, TimelineWriter | None]:
@@ -342,7 +441,26 @@ def open_source(
             else:
                 timeline.discard()
         raise
+    except BaseException:
+        if timeline is not None:
+            timeline.discard()
+        raise
     return source, timeline
+
+
+def open_outputs(
+    source: FrameSource, timeline: TimelineWriter | None, make: Callable[[], list[Sink]]
+) -> list[Sink]:
+    """The timeline followed by the sinks `make` builds; if building fails (a port taken, a
+    window that cannot open, a signal), what was opened is closed again and the error raised."""
+    sinks: list[Sink] = [timeline] if timeline is not None else []
+    try:
+        return [*sinks, *make()]
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        source.release()
+        raise
 
 
 def annotate_video(
@@ -357,8 +475,10 @@ def annotate_video(
 
     An undecodable file still gets its (header-only) CSV, so scripts find a complete file.
     """
-    source, timeline = open_source(str(video), out_csv)
-    sinks: list[Sink] = [timeline] if timeline is not None else []
-    if out_video:
-        sinks.append(VideoFileSink(out_video, source.fps))
-    return run_stream(source, pipeline, sinks, max_frames=max_frames, log=log)
+    check_outputs(str(video), out_video, out_csv)
+    with StopRequest() as stop:
+        source, timeline = open_source(str(video), out_csv)
+        sinks = open_outputs(
+            source, timeline, lambda: [VideoFileSink(out_video, source.fps)] if out_video else []
+        )
+        return run_stream(source, pipeline, sinks, max_frames=max_frames, log=log, stop=stop)
