@@ -29,7 +29,7 @@ from ferlab.data import DataError
 from ferlab.evaluation.age_study import counts_table, group_study, groups_for, study_markdown
 from ferlab.inference import Classifier
 
-TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "activation": "relu"}
 # Both malformed names of the real archive lack the race field.
 MALFORMED_REAL = "utkface/61_1_20170109142408075.jpg.chip.jpg"
 

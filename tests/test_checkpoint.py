@@ -13,7 +13,7 @@ from ferlab.classes import CLASSES
 from ferlab.models import build_model
 
 META = {
-    "model": {"name": "baseline", "width": 0.25, "heads": 2, "activation": "relu", "dropout": 0.0},
+    "model": {"name": "baseline", "width": 0.25, "activation": "relu", "dropout": 0.0},
     "input_size": 48,
     "variant": "original",
 }

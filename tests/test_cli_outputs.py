@@ -18,7 +18,7 @@ from ferlab.cli import app
 from ferlab.models import build_model
 
 runner = CliRunner()
-TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "activation": "relu"}
 
 
 def user_folder(path: Path) -> Path:

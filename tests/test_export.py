@@ -31,7 +31,7 @@ from ferlab.inference import Classifier
 from ferlab.io import file_sha256, save_npz, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_SPEC = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+SMALL_SPEC = {"name": "baseline", "width": 0.25, "dropout": 0.0, "activation": "relu"}
 
 
 def train_small(

@@ -12,7 +12,7 @@ import torch
 from ferlab.checkpoint import load_model, save_checkpoint
 from ferlab.evaluation.attention_maps import DPI, PANEL_INCHES, attention_figure
 from ferlab.inference import to_tensor
-from ferlab.models import MODEL_NAMES, build_model
+from ferlab.models import build_model, model_names, model_options, register
 from ferlab.training.losses import total_loss
 
 REFERENCE_PARAMS = 4_187_936  # DDAMFN, 2 heads, 8 classes, 112×112 (reference implementation)
@@ -23,16 +23,39 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_lists_both_models() -> None:
-    assert set(MODEL_NAMES) == {"baseline", "ddamfn"}
+def test_registry_lists_the_models_and_their_own_options() -> None:
+    assert set(model_names()) == {"baseline", "ddamfn", "sepnet"}
+    assert set(model_options("ddamfn")) == {"heads", "width", "activation", "dropout"}
+    assert "heads" not in model_options("sepnet")
+
+
+def test_a_model_registers_itself_with_its_own_arguments() -> None:
+    @register("test_linear")
+    class Linear(torch.nn.Module):
+        def __init__(self, input_size: int, num_classes: int = 8, hidden: int = 4) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Flatten(),
+                torch.nn.Linear(input_size**2, hidden),
+                torch.nn.Linear(hidden, num_classes),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    model = build_model("test_linear", input_size=16, hidden=3)
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 8)
+    with pytest.raises(ValueError, match=r"takes no option\(s\) \['heads'\]"):
+        build_model("test_linear", input_size=16, heads=2)
 
 
 @pytest.mark.parametrize("size", [48, 64, 112])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-@pytest.mark.parametrize("name", ["baseline", "ddamfn"])
+@pytest.mark.parametrize("name", ["baseline", "ddamfn", "sepnet"])
 def test_output_shapes(name: str, size: int, heads: int) -> None:
     torch.manual_seed(0)
-    model = build_model(name, input_size=size, heads=heads).eval()
+    options = {"heads": heads} if name == "ddamfn" else {}
+    model = build_model(name, input_size=size, **options).eval()
     x = torch.randn(2, 1, size, size)
     with torch.no_grad():
         logits = model(x)
@@ -56,11 +79,28 @@ def test_ddamfn_parameter_count_is_close_to_the_reference() -> None:
     assert abs(count - REFERENCE_PARAMS) / REFERENCE_PARAMS < 0.05
 
 
-def test_baseline_size_and_heads_ignored() -> None:
-    one = build_model("baseline", input_size=48, heads=1)
-    four = build_model("baseline", input_size=48, heads=4)
-    assert 1_000_000 <= n_params(one) <= 2_000_000
-    assert n_params(one) == n_params(four)
+def test_model_sizes() -> None:
+    assert 1_000_000 <= n_params(build_model("baseline", input_size=48)) <= 2_000_000
+    assert 100_000 <= n_params(build_model("sepnet", input_size=48)) <= 400_000
+
+
+def test_fused_mixconv_equals_the_split_groups() -> None:
+    """One depthwise conv with zero-padded kernels computes what the per-group convs do."""
+    from ferlab.models.mfn import MixDepthwise
+
+    torch.manual_seed(0)
+    layer = MixDepthwise(48, (3, 5, 7), (0.5, 0.25, 0.25), 2, "prelu").eval()
+    x = torch.randn(2, 48, 12, 12)
+    with torch.no_grad():
+        fused = layer(x)
+        layer.fused = False
+        split = layer(x)
+    torch.testing.assert_close(fused, split, rtol=1e-5, atol=1e-5)
+
+
+def test_baseline_refuses_attention_heads() -> None:
+    with pytest.raises(ValueError, match=r"model 'baseline' takes no option\(s\) \['heads'\]"):
+        build_model("baseline", input_size=48, heads=4)
 
 
 def test_width_scales_the_network() -> None:
@@ -88,7 +128,7 @@ def test_residual_blocks_start_as_the_identity() -> None:
         ("resnet", {}, "unknown model 'resnet'; expected one of"),
         ("ddamfn", {"activation": "gelu"}, "activation='gelu' must be one of prelu"),
         ("baseline", {"activation": "swish"}, "activation='swish'"),
-        ("ddamfn", {"head": 2}, r"unknown model hyper-parameter\(s\) \['head'\]"),
+        ("ddamfn", {"head": 2}, r"model 'ddamfn' takes no option\(s\) \['head'\]"),
         ("ddamfn", {"heads": 0}, "heads=0 must be an integer"),
         ("ddamfn", {"dropout": 1.5}, "dropout=1.5"),
         ("ddamfn", {"width": 0}, "width=0"),
@@ -112,7 +152,7 @@ def test_other_activations_run(activation: str) -> None:
         assert model(torch.randn(1, 1, 48, 48)).shape == (1, 8)
 
 
-@pytest.mark.parametrize("name", ["baseline", "ddamfn"])
+@pytest.mark.parametrize("name", ["baseline", "ddamfn", "sepnet"])
 def test_channels_last_and_bf16_autocast_give_the_same_answer(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, input_size=48, width=0.5).eval()

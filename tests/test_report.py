@@ -19,7 +19,7 @@ from ferlab.evaluation.report import build_report
 from ferlab.io import save_npz, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "activation": "relu"}
 
 
 def test_report_renders_with_no_reports_at_all(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from ferlab.inference import Classifier
 
 SIZES = [64, 48, 28, 14]
 METHODS = ["cubic/cubic", "linear/linear", "lanczos4/lanczos4", "cubic/linear"]
-TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "heads": 2, "activation": "relu"}
+TINY = {"name": "baseline", "width": 0.25, "dropout": 0.0, "activation": "relu"}
 
 
 @pytest.fixture(scope="module")

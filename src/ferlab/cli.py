@@ -383,9 +383,8 @@ def train_run(
 
         checkpoint = Path("models/runs") / name / "model.pt"
         out = Path("reports/runs") / name
-        subset = {"seed": params["seed"], "model": params["model"], "train": params["train"]}
         experiment = params["mlflow"]["experiment"]
-        with tracking.stage_run(f"train:{name}", subset, experiment=experiment):
+        with tracking.stage_run("train", params, experiment, label=f"train-run {name}"):
             train_from_params(params, checkpoint_path=checkpoint, reports=out)
             results = evaluate_checkpoint(checkpoint, reports=out)
             tracking.log_metrics(

@@ -81,13 +81,13 @@ def stage_run(
     stage: str,
     params: dict[str, Any],
     experiment: str = "ferlab",
-    extra: dict[str, Any] | None = None,
+    label: str | None = None,
 ) -> Iterator[Any]:
     """Open an MLflow run for one pipeline stage, logging the params dvc.yaml declares for it.
 
-    `params` is the whole params.yaml; `extra` adds flattened params of a run outside the DAG
-    (`ferlab train-run` overrides). The run ends FAILED when the stage raises, is interrupted
-    or is stopped with SIGTERM (the stage runner turns SIGTERM into an exception).
+    `params` is the whole params.yaml. `label` names a run made outside the DAG with the
+    stage's code (`ferlab train-run NAME`). The run ends FAILED when the stage raises, is
+    interrupted or is stopped with SIGTERM (the stage runner turns SIGTERM into an exception).
     """
     mlflow = _mlflow()
     found = mlflow.set_experiment(experiment)
@@ -103,8 +103,8 @@ def stage_run(
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
-    logged = {**stage_params(stage, params), **flatten(extra or {})}
-    with mlflow.start_run(run_name=run_name(stage), tags=tags) as run:
+    logged = stage_params(stage, params)
+    with mlflow.start_run(run_name=run_name(label or stage), tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in logged.items()}
         if flat:
             mlflow.log_params(flat)
@@ -137,22 +137,3 @@ def log_and_register_model(onnx_path: str | Path, name: str = MODEL_NAME) -> str
     model = onnx.load(str(onnx_path))
     info = mlflow.onnx.log_model(model, name="model", registered_model_name=name)
     return str(info.registered_model_version)
-
-
-def open_ui(host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Serve the MLflow UI for this project's store (loopback only unless asked otherwise)."""
-    import subprocess as sp
-
-    sp.run(
-        [
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            tracking_uri(),
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ],
-        check=False,
-    )

@@ -186,7 +186,7 @@ def write_training_reports(
         writer = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["epoch"])
         writer.writeheader()
         writer.writerows(history)
-    from ferlab.evaluation.plots import training_curves
+    from ferlab.training.curves import training_curves
 
     training_curves(history, reports / "figures" / "training_curves.png")
     tracking.log_metrics({k: v for k, v in summary.items() if k != "stop_reason"})
