@@ -51,7 +51,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _pipeline(model: str | None, threads: int, **overrides: object):
     """The per-frame pipeline with params.yaml's realtime settings (when run in the project)."""
-    from ferlab.export import load_classifier
+    from ferlab.inference import load_classifier
     from ferlab.realtime import FramePipeline, RealtimeSettings
 
     settings = RealtimeSettings.load(**overrides)
@@ -76,8 +76,8 @@ def predict(
     ),
 ) -> None:
     """Classify the faces in images: CSV of file, face, box, label, confidence, probabilities."""
-    from ferlab.export import load_classifier
     from ferlab.faces.detect import FaceDetector
+    from ferlab.inference import load_classifier
     from ferlab.realtime import RealtimeSettings
     from ferlab.realtime.predict import predict_images
 
