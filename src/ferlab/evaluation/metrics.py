@@ -18,7 +18,10 @@ ECE_BINS = 15
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
-    """n×n counts, rows = actual, columns = predicted; n×n even when a class is absent."""
+    """n×n counts, rows = actual, columns = predicted; n×n even when a class is absent, and
+    all zeros for no samples (an empty group of a study)."""
+    if len(labels) == 0:
+        return np.zeros((n, n), dtype=np.int64)
     return skm.confusion_matrix(
         np.asarray(labels, int), np.asarray(preds, int), labels=np.arange(n)
     ).astype(np.int64)
