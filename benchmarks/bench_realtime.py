@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from ferlab.classes import CLASS_TO_INDEX, CLASSES
-from ferlab.export import OnnxClassifier, bundled_model_path, export_onnx, quantize_int8
+from ferlab.export import export_onnx, quantize_int8
 from ferlab.faces.detect import FaceDetector
-from ferlab.inference import Classifier
+from ferlab.inference import Classifier, OnnxClassifier, bundled_model_path
 from ferlab.io import write_json, write_text
 from ferlab.realtime import FramePipeline, RealtimeSettings, annotate_video
 from ferlab.realtime.overlay import draw_overlay

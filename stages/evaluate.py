@@ -1,35 +1,29 @@
-"""DVC stage `evaluate`: accuracy, balanced accuracy, macro-F1, loss, confusion matrices."""
+"""DVC stage `evaluate`: every model of evaluate.models under each test protocol, side by side."""
 
 import sys
 
 from ferlab import tracking
-from ferlab.config import load_params
-from ferlab.evaluation.evaluate import evaluate_checkpoint
+from ferlab.config import flatten, load_params
+from ferlab.evaluation.evaluate import EvaluateSettings, evaluate_models
 from ferlab.stage import run_stage
 
 
 def main() -> None:
     params = load_params()
+    settings = EvaluateSettings.from_params(params)
     with tracking.stage_run("evaluate", params, experiment=params["mlflow"]["experiment"]):
-        results = evaluate_checkpoint(
-            "models/model.pt", batch_size=params["evaluate"]["batch_size"]
+        metrics = evaluate_models(
+            settings,
+            "data/arrays",
+            "reports",
+            votes_csv=(params.get("data") or {}).get("votes"),
+            manifest_csv="data/manifest.csv",
+            leakage_json="reports/leakage.json",
         )
-        for split in ("val", "test"):
-            m = results[split]
-            tracking.log_metrics(
-                {
-                    f"{split}_{k}": m[k]
-                    for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss")
-                }
-            )
-            print(
-                f"{split}: accuracy {m['accuracy']:.4f} balanced {m['balanced_accuracy']:.4f} "
-                f"macro-F1 {m['macro_f1']:.4f} loss {m['loss']:.4f} (n={m['n']})"
-            )
+        # The same dotted names as reports/metrics.json (`ddamfn.clean_test.accuracy`).
+        tracking.log_metrics(flatten(metrics))
         tracking.log_artifacts(
-            "reports/metrics.json",
-            "reports/figures/confusion_test.png",
-            "reports/figures/confusion_val.png",
+            "reports/metrics.json", "reports/evaluation", "reports/figures/evaluation"
         )
 
 

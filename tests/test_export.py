@@ -18,16 +18,8 @@ import yaml
 from test_pipeline_e2e import project_copy
 
 from ferlab.classes import CLASSES
-from ferlab.export import (
-    BUNDLED_MAX_BYTES,
-    OnnxClassifier,
-    bundled_model_path,
-    choose_int8,
-    export_onnx,
-    load_classifier,
-    read_metadata,
-)
-from ferlab.inference import Classifier
+from ferlab.export import BUNDLED_MAX_BYTES, choose_int8, export_onnx, read_metadata
+from ferlab.inference import OnnxClassifier, TorchClassifier, bundled_model_path, load_classifier
 from ferlab.io import file_sha256, save_npz, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +88,7 @@ def exported(small_checkpoint: Path) -> Path:
 
 def test_onnx_agrees_with_pytorch_on_real_faces(real_faces, small_checkpoint, exported) -> None:
     images, _ = real_faces
-    torch_probs = Classifier.from_checkpoint(small_checkpoint).predict_proba(images)
+    torch_probs = TorchClassifier.from_checkpoint(small_checkpoint).predict_proba(images)
     onnx_model = OnnxClassifier(exported)
     onnx_probs = onnx_model.predict_proba(images)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
@@ -143,7 +135,7 @@ def test_int8_accuracy_drop_on_real_faces_is_measured(fer_zip, real_faces, expor
 
 
 def test_load_classifier_picks_the_runtime_by_suffix(small_checkpoint, exported, tmp_path) -> None:
-    assert isinstance(load_classifier(small_checkpoint), Classifier)
+    assert isinstance(load_classifier(small_checkpoint), TorchClassifier)
     onnx_model = load_classifier(exported)
     assert isinstance(onnx_model, OnnxClassifier)
     assert onnx_model.meta["variant"] == "original" and onnx_model.input_size == 48
@@ -189,7 +181,8 @@ def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> 
             paths=paths,
             face_found=np.ones(len(labels), bool),
         )
-    write_json(repo / "reports/metrics.json", {"test": {"accuracy": 0.5, "n": len(labels)}})
+    headline = {"test": {"accuracy": 0.5, "n": len(labels)}, "calibration": {"temperature": 1.5}}
+    write_json(repo / "reports/metrics.json", {"ddamfn": headline})
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["realtime"].update(export_test_images=80, calibration_images=32)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -221,10 +214,13 @@ def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> 
     assert bundled.stat().st_size < BUNDLED_MAX_BYTES
     card = json.loads((repo / "src/ferlab/bundled/model_card.json").read_text())
     assert card["data_sha256"] == "test"
-    assert card["test_metrics"] == {"accuracy": 0.5, "n": len(labels)}
+    assert card["test_metrics"] == headline
+    assert card["temperature"] == 1.5
     assert card["params"]["model"]["name"] == params["model"]["name"]
     assert card["sha256"] == file_sha256(bundled)
     assert card["precision"] == "fp32"  # the small model fits under the limit unquantised
-    probs = OnnxClassifier(bundled).predict_proba(images)
-    torch_probs = Classifier.from_checkpoint(small_checkpoint).predict_proba(images)
-    assert np.abs(probs - torch_probs).max() < 1e-4
+    # The export carries the evaluate stage's temperature (and uses it by default).
+    exported = OnnxClassifier(bundled)
+    assert exported.temperature == 1.5 and exported.class_prior is not None
+    torch_model = TorchClassifier.from_checkpoint(small_checkpoint, temperature=1.5)
+    assert np.abs(exported.predict_proba(images) - torch_model.predict_proba(images)).max() < 1e-4

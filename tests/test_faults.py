@@ -243,20 +243,19 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def test_evaluate_without_a_checkpoint_names_the_stage_to_run(tmp_path: Path) -> None:
-    line = one_error_line(run_ferlab(tmp_path, "evaluate", "models/model.pt"))
-    assert line == "error: models/model.pt: no checkpoint; run `dvc repro train` first"
-    assert not (tmp_path / "reports").exists()
+def test_evaluate_on_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    line = one_error_line(run_ferlab(tmp_path, "evaluate", "no_such_faces"))
+    assert line.startswith("error: ") and "no_such_faces" in line
+    assert not (tmp_path / "ferlab-eval").exists()
 
 
-def test_evaluate_without_arrays_names_the_file_and_the_stage(tmp_path: Path) -> None:
-    from test_cli_outputs import tiny_checkpoint
-
-    tiny_checkpoint(tmp_path / "models/model.pt")
-    line = one_error_line(run_ferlab(tmp_path, "evaluate", "models/model.pt"))
-    assert line.startswith("error: data/arrays/original_val.npz: no cached arrays")
-    assert "dvc repro preprocess" in line
-    assert not (tmp_path / "reports").exists()  # stopped before writing any report
+def test_evaluate_with_a_missing_model_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "faces" / "happy").mkdir(parents=True)
+    line = one_error_line(
+        run_ferlab(tmp_path, "evaluate", "faces", "--model", "models/model.pt", "--no-detect")
+    )
+    assert line.startswith("error: ") and "models/model.pt" in line
+    assert not (tmp_path / "ferlab-eval").exists()
 
 
 def test_train_run_without_arrays_stops_before_training(tmp_path: Path) -> None:

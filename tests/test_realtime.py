@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from ferlab.classes import CLASSES, NOT_DETECTED
 from ferlab.cli import app
-from ferlab.export import load_classifier
+from ferlab.inference import load_classifier
 from ferlab.realtime import NO_FACE, FramePipeline, IouTracker, RealtimeSettings, Smoother, iou
 from ferlab.realtime.runtime import label_of
 

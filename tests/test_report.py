@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ferlab.evaluation.metrics import classification_metrics
+from ferlab.classes import CLASSES
 from ferlab.evaluation.report import build_report
 from ferlab.io import save_npz, write_json
 
@@ -37,33 +37,66 @@ def test_report_renders_with_no_reports_at_all(tmp_path: Path) -> None:
 
 
 def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
+    from ferlab.evaluation.evaluate import headline, protocol_metrics
+    from ferlab.inference import FaceClassifier
+
     _, labels = real_faces
-    probs = np.eye(8)[labels] * 0.9 + 0.0125
-    probs[::4] = np.roll(probs[::4], 1, axis=1)  # a quarter wrong: 75% accuracy
-    metrics = {
-        "variant": "original",
-        "model": "ddamfn",
-        "val": classification_metrics(labels, probs),
-        "test": classification_metrics(labels, probs),
+    logits = np.log(np.eye(8)[labels] * 0.9 + 0.0125)
+    logits[::4] = np.roll(logits[::4], 1, axis=1)  # a quarter wrong: 75% accuracy
+    decider = FaceClassifier(
+        classes=CLASSES, temperature=1.3, class_prior=np.full(8, 1 / 8), logit_adjust_tau=1.0
+    )
+    clean = np.arange(len(labels)) % 8 != 0  # 84 of the 96 faces have no copy in train
+    protocols = {
+        "test": protocol_metrics(decider, logits, labels),
+        "clean_test": protocol_metrics(decider, logits[clean], labels[clean]),
+        "reference_private": protocol_metrics(decider, logits[:40], labels[:40]),
     }
-    write_json(tmp_path / "metrics.json", metrics)
+    detail = {
+        "model": "ddamfn",
+        "variant": "original",
+        "temperature": 1.3,
+        "val": protocols["test"],
+        "protocols": protocols,
+    }
+    write_json(tmp_path / "metrics.json", {"ddamfn": headline(detail)})
+    write_json(tmp_path / "evaluation/ddamfn.json", detail)
     write_json(tmp_path / "split_counts.json", {"train": {"anger": 5, "happiness": 7}})
     scope = {"pairs": 3, "images": 5, "label_conflicts": 1}
     leakage = {"phash_max_distance": 4, "policy": "report", "train_images_duplicating_test": 9}
     leakage |= {"exact": {"train_test": scope}, "near": {"train_test": scope}}
     write_json(tmp_path / "leakage.json", leakage)
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "figures" / "confusion_test.png").write_bytes(b"\x89PNG")
+    (tmp_path / "figures/evaluation").mkdir(parents=True)
+    (tmp_path / "figures/evaluation/ddamfn_confusion_clean_test.png").write_bytes(b"\x89PNG")
     text = build_report(tmp_path)
-    assert "| test | 96 | 75.00 |" in text
+
+    # The headline comes first, clean test and reference protocol before the plurality figure.
+    headline_at = text.index("## Headline results")
+    assert headline_at < text.index("## Dataset")
+    table = text[headline_at : text.index("## Dataset")]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| clean test (no copy in train) | 84 | ")
+    assert rows[2].startswith("| FER+ PrivateTest, reference majority protocol | 40 | ")
+    assert "FER+ PublicTest" in rows[3] and "not scored" in rows[3]
+    assert rows[4].startswith("| all 7,100 test images, plurality labels | 96 | 75.00 |")
+    assert "includes 12 test images (12.5%) that have an exact or near copy" in table
+    assert "T = 1.3" in table
     assert "6.08 points below 81.08%" in text
-    assert "![test confusion matrix](figures/confusion_test.png)" in text
-    assert "Figure `reports/figures/confusion_val.png` not found" in text
+    assert (
+        "![ddamfn clean_test confusion](figures/evaluation/ddamfn_confusion_clean_test.png)" in text
+    )
+    assert "Figure `reports/figures/evaluation/ddamfn_reliability.png` not found" in text
     assert "| train | 5 | 7 |" in text  # a count grid, classes in canonical order
     assert "| train ↔ test | 3 | 5 | 1 | 3 | 5 | 1 |" in text
     assert "9 training images duplicate a test image" in text
     assert "`reports/validation.json` is missing" in text
     assert "`reports/train.json` is missing" in text
+
+
+def test_report_names_an_old_metrics_layout(tmp_path: Path) -> None:
+    write_json(tmp_path / "metrics.json", {"test": {"accuracy": 0.7, "n": 10}})
+    text = build_report(tmp_path)
+    assert "predates the protocol evaluation" in text and "dvc repro evaluate" in text
 
 
 def test_report_names_a_corrupt_report(tmp_path: Path) -> None:

@@ -162,26 +162,61 @@ def ui(
 
 @app.command()
 def evaluate(
-    checkpoint: str = typer.Argument("models/model.pt", help="Checkpoint to score."),
-    arrays: str = typer.Option("data/arrays", help="Folder of cached arrays (preprocess stage)."),
-    reports: str = typer.Option("reports", help="Where metrics and figures are written."),
+    folder: str = typer.Argument(
+        ..., help="Labelled faces: one subfolder per class (angry/, happy/, ... any case)."
+    ),
+    model: str | None = typer.Option(
+        None, help="A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
+    ),
+    out: str = typer.Option(
+        "ferlab-eval",
+        "--out",
+        help="Folder for metrics.json, predictions.csv and the confusion figures.",
+    ),
+    no_detect: bool = typer.Option(
+        False, "--no-detect", help="Images are already-cropped faces: skip face detection."
+    ),
+    tta_flip: bool = typer.Option(False, "--tta-flip", help="Average each face with its mirror."),
+    tau: float = typer.Option(
+        0.0, help="Prior-corrected decision: logits − τ·log(training prior); 0 = plain argmax."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace this command's files in a non-empty --out folder."
+    ),
 ) -> None:
-    """Score a checkpoint on the cached val and test arrays."""
-    with _one_line_errors():
-        from ferlab.checkpoint import read_checkpoint
-        from ferlab.evaluation.evaluate import evaluate_checkpoint
+    """Score a model on a labelled face folder: all 8 classes, and the classes present."""
+    from ferlab.evaluation.folder import evaluate_folder
+    from ferlab.faces.detect import FaceDetector
+    from ferlab.inference import load_classifier
+    from ferlab.realtime import RealtimeSettings
 
-        variant = str(read_checkpoint(checkpoint).get("variant", "original"))
-        _require_arrays(variant, arrays, ("val", "test"))
-        results = evaluate_checkpoint(checkpoint, arrays, reports)
-    for split in ("val", "test"):
-        m = results[split]
-        typer.echo(f"{split}: accuracy {m['accuracy']:.4f} balanced {m['balanced_accuracy']:.4f}")
+    with _one_line_errors():
+        settings = RealtimeSettings.load()
+        classifier = load_classifier(model, tta_flip=tta_flip, logit_adjust_tau=tau)
+        detector = None if no_detect else FaceDetector(score_threshold=settings.detect_score)
+        result = evaluate_folder(
+            folder,
+            classifier,
+            out,
+            detector,
+            detect_max_side=settings.detect_max_side,
+            force=force,
+            model_file=model or "bundled model.onnx",
+            log=typer.echo,
+        )
+    every, present = result["all_classes"], result["present_classes"]
+    typer.echo(
+        f"{result['faces']} faces in {result['images']} images"
+        + (f" ({result['no_face']['count']} without a face)" if result["no_face"]["count"] else "")
+        + f": accuracy {every['accuracy']:.4f}, balanced {every['balanced_accuracy']:.4f} over "
+        f"8 classes; {present['accuracy']:.4f} / {present['balanced_accuracy']:.4f} over the "
+        f"{len(result['classes_present'])} present -> {out}"
+    )
 
 
 def _pipeline(model: str | None, threads: int, **overrides: object):
     """The per-frame pipeline with params.yaml's realtime settings (when run in the project)."""
-    from ferlab.export import load_classifier
+    from ferlab.inference import load_classifier
     from ferlab.realtime import FramePipeline, RealtimeSettings
 
     settings = RealtimeSettings.load(**overrides)
@@ -218,8 +253,8 @@ def predict(
     ),
 ) -> None:
     """Classify the faces in images: CSV of file, face, box, label, confidence, probabilities."""
-    from ferlab.export import load_classifier
     from ferlab.faces.detect import FaceDetector
+    from ferlab.inference import load_classifier
     from ferlab.realtime import RealtimeSettings
     from ferlab.realtime.predict import predict_images
 

@@ -1,9 +1,9 @@
-"""ONNX export (fp32 and int8), the ONNX Runtime classifier, and the bundled default model.
+"""ONNX export (fp32 and int8), their comparison with PyTorch, the bundled default model.
 
 An exported model carries what is needed to use it in its ONNX `metadata_props`: class list,
-input size, normalisation, preprocessing variant and model spec. `OnnxClassifier` reads them
-back and offers the same `predict_proba` as the PyTorch `Classifier`; `load_classifier` picks
-one by file suffix and defaults to the model bundled with the package.
+input size, normalisation, preprocessing variant, model spec, and (when known) the training
+class prior and the temperature the evaluate stage fitted. Running an export is the inference
+layer's job (`ferlab.inference.OnnxClassifier`, `load_classifier`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,22 @@ import numpy as np
 
 from ferlab.checkpoint import NORMALIZATION
 from ferlab.classes import CLASSES
-from ferlab.inference import Classifier, softmax, to_tensor
+from ferlab.inference import (
+    INPUT_NAME,
+    ONNX_META_KEYS,
+    OUTPUT_NAME,
+    FaceClassifier,
+    OnnxClassifier,
+    TorchClassifier,
+    normalise,
+)
 from ferlab.io import atomic_path, file_sha256, write_json
 
-INPUT_NAME = "faces"
-OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
 INT8_METHODS: tuple[str, ...] = ("static", "dynamic")
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 # Metadata keys written into every exported model; values are strings (JSON where structured).
-META_KEYS: tuple[str, ...] = ("classes", "input_size", "normalization", "variant", "model")
+META_KEYS = ONNX_META_KEYS  # read back by ferlab.inference.OnnxClassifier
 BUNDLED_MAX_BYTES = 10_000_000
 
 Log = Callable[[str], None]
@@ -41,11 +46,17 @@ Log = Callable[[str], None]
 
 
 def export_onnx(
-    checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET
+    checkpoint: str | Path,
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    temperature: float | None = None,
+    class_prior: list[float] | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint to fp32 ONNX with a dynamic batch axis; returns the stored metadata.
 
-    Input `faces` is N×1×S×S float (already normalised by `to_tensor`), output `logits` N×C.
+    Input `faces` is N×1×S×S float (normalised by `ferlab.inference.normalise`), output
+    `logits` N×C. `temperature` (fitted by the evaluate stage) and `class_prior` (default: the
+    checkpoint's `class_prior`) are stored when given, for `OnnxClassifier` to use.
     """
     import onnx
     import torch
@@ -73,22 +84,32 @@ def export_onnx(
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
         proto = onnx.load(str(tmp))
-        stored = model_metadata(meta)
+        stored = model_metadata(meta, temperature, class_prior)
         set_metadata(proto, {**stored, "precision": "fp32", "opset": str(opset)})
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
     return stored
 
 
-def model_metadata(meta: dict[str, Any]) -> dict[str, str]:
+def model_metadata(
+    meta: dict[str, Any],
+    temperature: float | None = None,
+    class_prior: list[float] | None = None,
+) -> dict[str, str]:
     """The metadata_props of an exported model, from a checkpoint's metadata."""
-    return {
+    stored = {
         "classes": json.dumps(list(meta["classes"])),
         "input_size": str(int(meta["input_size"])),
         "normalization": json.dumps(dict(meta.get("normalization", NORMALIZATION))),
         "variant": str(meta.get("variant", "original")),
         "model": json.dumps(meta["model"]),
     }
+    prior = class_prior if class_prior is not None else meta.get("class_prior")
+    if prior is not None:
+        stored["class_prior"] = json.dumps([float(v) for v in prior])
+    if temperature is not None:
+        stored["temperature"] = repr(float(temperature))
+    return stored
 
 
 def set_metadata(proto: Any, values: dict[str, str]) -> None:
@@ -110,11 +131,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 class _FaceBatches:
-    """Calibration data for static quantisation: real faces, normalised by `to_tensor`."""
+    """Calibration data for static quantisation: real faces, normalised as for inference."""
 
     def __init__(self, faces: np.ndarray, input_size: int, batch_size: int = 32) -> None:
         self._batches: Iterator[np.ndarray] = (
-            to_tensor(faces[i : i + batch_size], input_size).numpy()
+            normalise(faces[i : i + batch_size], input_size)
             for i in range(0, len(faces), batch_size)
         )
 
@@ -185,114 +206,11 @@ def quantize_int8(
 
 
 # --------------------------------------------------------------------------------------------
-# Inference
-
-
-class OnnxClassifier:
-    """An exported model on ONNX Runtime (CPU), with the `Classifier` interface."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        threads: int = 0,
-        expected_classes: tuple[str, ...] | None = CLASSES,
-    ) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no ONNX model; export one with `ferlab export`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (all cores)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            raise ValueError(
-                f"{path}: not a readable ONNX model ({exc.__class__.__name__})"
-            ) from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in META_KEYS if k not in props]
-        if missing:
-            raise ValueError(
-                f"{path}: ONNX model lacks ferlab metadata {missing}; "
-                "export it with `ferlab export` (or stages/export.py)"
-            )
-        self.path = path
-        self.meta: dict[str, Any] = {
-            "classes": json.loads(props["classes"]),
-            "input_size": int(props["input_size"]),
-            "normalization": json.loads(props["normalization"]),
-            "variant": props["variant"],
-            "model": json.loads(props["model"]),
-            "precision": props.get("precision", "fp32"),
-            "quantization": props.get("quantization"),
-        }
-        if expected_classes is not None and self.meta["classes"] != list(expected_classes):
-            raise ValueError(
-                f"{path}: class list {self.meta['classes']} differs from {list(expected_classes)}"
-            )
-        if self.meta["normalization"] != NORMALIZATION:
-            # to_tensor applies the one project normalisation; a model trained with another
-            # would silently get wrong inputs.
-            raise ValueError(
-                f"{path}: normalisation {self.meta['normalization']} differs from the "
-                f"project's {NORMALIZATION}; re-export it from a current checkpoint"
-            )
-        self.input_size: int = self.meta["input_size"]
-        self.classes: list[str] = list(self.meta["classes"])
-
-    def logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(faces), batch_size):
-            x = to_tensor(faces[start : start + batch_size], self.input_size).numpy()
-            out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-
-    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return softmax(self.logits(faces, batch_size))
-
-
-AnyClassifier = Classifier | OnnxClassifier
-
-
-def bundled_model_path() -> Path:
-    """The ONNX model shipped inside the package (src/ferlab/bundled/model.onnx)."""
-    return Path(str(resources.files("ferlab") / "bundled" / "model.onnx"))
-
-
-def load_classifier(path: str | Path | None = None, threads: int = 0) -> AnyClassifier:
-    """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime).
-
-    No path means the bundled model, so the commands work right after install.
-    """
-    if path is None:
-        path = bundled_model_path()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: this install has no bundled model; pass --model models/model.pt "
-                "(or an .onnx export), or run `dvc repro export` to create it"
-            )
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".pt":
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        return Classifier.from_checkpoint(path)
-    if suffix == ".onnx":
-        return OnnxClassifier(path, threads=threads)
-    raise ValueError(f"{path}: unknown model type {suffix!r}; give a .pt checkpoint or an .onnx")
-
-
-# --------------------------------------------------------------------------------------------
 # Measurements and the bundled model
 
 
-def accuracy(classifier: AnyClassifier, faces: np.ndarray, labels: np.ndarray) -> float:
-    return float((classifier.predict_proba(faces).argmax(1) == labels).mean())
+def accuracy(classifier: FaceClassifier, faces: np.ndarray, labels: np.ndarray) -> float:
+    return float((classifier.predict(faces) == labels).mean())
 
 
 def sample_indices(n: int, k: int, seed: int) -> np.ndarray:
@@ -385,7 +303,9 @@ def export_all(
     onnx_out: str | Path = "models/model.onnx",
     int8_out: str | Path = "models/model.int8.onnx",
     bundled_dir: str | Path | None = None,
-    test_metrics_path: str | Path = "reports/metrics.json",
+    test_metrics: dict[str, Any] | None = None,
+    test_metrics_source: str | None = None,
+    temperature: float | None = None,
     params: dict[str, Any] | None = None,
     opset: int = DEFAULT_OPSET,
     int8_methods: tuple[str, ...] = INT8_METHODS,
@@ -396,25 +316,42 @@ def export_all(
     log: Log = print,
 ) -> dict[str, Any]:
     """The export stage's work: fp32 + int8 exports, their agreement and accuracy on real test
-    faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report."""
+    faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report.
+
+    The exports carry the training class prior (the checkpoint's, else the cached training
+    labels' frequencies) and `temperature` when given (the evaluate stage's fit).
+    """
     from ferlab.checkpoint import read_checkpoint
-    from ferlab.io import read_json
+    from ferlab.data.arrays import load_split
+    from ferlab.inference import prior_from_labels
 
     onnx_out, int8_out = Path(onnx_out), Path(int8_out)
-    meta = export_onnx(checkpoint, onnx_out, opset)
-    variant = meta["variant"]
-    log(f"export: {onnx_out} ({onnx_out.stat().st_size / 1e6:.1f} MB, variant {variant})")
+    payload = read_checkpoint(checkpoint)
+    variant = str(payload.get("variant", "original"))
+    train_faces, train_labels, _ = load_split("train", variant, arrays_root)
+    prior = payload.get("class_prior")
+    if prior is None:
+        try:
+            prior = prior_from_labels(train_labels, len(payload["classes"])).tolist()
+        except ValueError as exc:  # a class without training faces: no prior to store
+            log(f"export: no class prior stored ({exc})")
+    meta = export_onnx(checkpoint, onnx_out, opset, temperature, prior)
+    log(
+        f"export: {onnx_out} ({onnx_out.stat().st_size / 1e6:.1f} MB, variant {variant}, "
+        f"temperature {meta.get('temperature', 'none')})"
+    )
 
     test_faces, test_labels = _subset("test", variant, arrays_root, test_images, seed)
     val_faces, val_labels = _subset("val", variant, arrays_root, test_images, seed)
-    calibration, _ = _subset("train", variant, arrays_root, calibration_images, seed)
+    calibration = train_faces[sample_indices(len(train_faces), calibration_images, seed)]
 
-    torch_model = Classifier.from_checkpoint(checkpoint)
-    fp32 = OnnxClassifier(onnx_out)
+    # Compared as raw models: the same (unit) temperature on both sides.
+    torch_model = TorchClassifier.from_checkpoint(checkpoint, temperature=1.0)
+    fp32 = OnnxClassifier(onnx_out, temperature=1.0)
     p_torch = torch_model.predict_proba(test_faces)
     p_fp32 = fp32.predict_proba(test_faces)
     choice = choose_int8(onnx_out, int8_out, calibration, val_faces, val_labels, int8_methods, log)
-    p_int8 = OnnxClassifier(int8_out).predict_proba(test_faces)
+    p_int8 = OnnxClassifier(int8_out, temperature=1.0).predict_proba(test_faces)
 
     acc_torch = float((p_torch.argmax(1) == test_labels).mean())
     acc_int8 = float((p_int8.argmax(1) == test_labels).mean())
@@ -423,6 +360,7 @@ def export_all(
         "model": json.loads(meta["model"]),
         "opset": opset,
         "variant": variant,
+        "temperature": temperature,
         "n_test_images": len(test_labels),
         "pytorch_accuracy": acc_torch,
         "fp32_accuracy": float((p_fp32.argmax(1) == test_labels).mean()),
@@ -442,10 +380,6 @@ def export_all(
         f"{len(test_labels)} test faces"
     )
     if bundled_dir is not None:
-        payload = read_checkpoint(checkpoint)
-        test_metrics = None
-        if Path(test_metrics_path).is_file():
-            test_metrics = read_json(test_metrics_path).get("test")
         card = {
             "name": "ferlab expression model",
             "classes": list(CLASSES),
@@ -457,7 +391,9 @@ def export_all(
             "checkpoint_sha256": file_sha256(checkpoint),
             "params": params or {},
             "test_metrics": test_metrics,
-            "test_metrics_source": str(test_metrics_path) if test_metrics else None,
+            "test_metrics_source": test_metrics_source if test_metrics else None,
+            "temperature": temperature,
+            "class_prior": prior,
             "export": {k: v for k, v in report.items() if k not in ("int8_val_accuracy", "model")},
             "how_made": (
                 f"`dvc repro export`: {checkpoint} exported with torch.onnx.export (opset "

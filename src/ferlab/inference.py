@@ -1,8 +1,27 @@
-"""Face crops in, class probabilities out: the one place that turns uint8 faces into tensors."""
+"""Face crops in, class scores out: the one inference layer, for PyTorch and ONNX Runtime.
+
+Both back-ends share one batching loop and one normalisation (`to_tensor`); they differ only
+in how a normalised batch N×1×S×S becomes logits. On top of the logits, every classifier
+offers the same options:
+
+- `tta_flip`: average the logits of each face and its mirror image;
+- `temperature`: divide the logits by it before the softmax (calibration; an ONNX export
+  stores the value the evaluate stage fitted, and uses it unless told otherwise);
+- `logit_adjust_tau` with `class_prior`: the prior-corrected decision
+  argmax(logits / T − τ·log prior). τ = 0 is the plain argmax, exactly; τ = 1 scores each
+  class as if the classes had been equally frequent in training.
+
+`predict_proba` is the softmax of the same adjusted logits, so its argmax is `predict`'s
+answer and the live recogniser's thresholds apply to what it decides.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -12,12 +31,18 @@ from torch import nn
 from ferlab.checkpoint import NORMALIZATION, load_model
 from ferlab.classes import CLASSES
 
+INPUT_NAME = "faces"
+OUTPUT_NAME = "logits"
+# Metadata every ferlab ONNX export carries (values are strings, JSON where structured).
+ONNX_META_KEYS: tuple[str, ...] = ("classes", "input_size", "normalization", "variant", "model")
 
-def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:
-    """uint8 grayscale faces (N×H×W) -> normalised float tensor N×1×S×S.
+
+def normalise(faces: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 grayscale faces (N×H×W) -> float32 N×1×S×S scaled as the models were trained.
 
     Faces not already S×S are resized (area when shrinking, cubic when enlarging).
     """
+    faces = np.asarray(faces)
     if faces.ndim != 3:
         raise ValueError(f"expected N×H×W grayscale faces, got shape {faces.shape}")
     if faces.shape[1:] != (input_size, input_size):
@@ -25,19 +50,155 @@ def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:
         faces = np.stack(
             [cv2.resize(f, (input_size, input_size), interpolation=interp) for f in faces]
         )
-    x = torch.from_numpy(np.ascontiguousarray(faces)).float().unsqueeze(1)
-    return (x / 255.0 - NORMALIZATION["mean"]) / NORMALIZATION["std"]
+    x = faces.astype(np.float32)[:, None] / np.float32(255.0)
+    return (x - np.float32(NORMALIZATION["mean"])) / np.float32(NORMALIZATION["std"])
 
 
-class Classifier:
-    """A trained checkpoint ready for inference on CPU (or CUDA when asked)."""
+def to_tensor(faces: np.ndarray, input_size: int) -> torch.Tensor:
+    """`normalise` as a torch tensor (what training and the attention maps feed the models)."""
+    return torch.from_numpy(normalise(faces, input_size))
 
-    def __init__(self, model: nn.Module, meta: dict, device: str = "cpu") -> None:
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_prior(prior: Sequence[float] | np.ndarray, n_classes: int) -> np.ndarray:
+    """A class prior as a float64 vector summing to 1; one clear error for a wrong one."""
+    values = np.asarray(prior, dtype=np.float64)
+    if values.shape != (n_classes,) or not np.all(np.isfinite(values)) or (values <= 0).any():
+        raise ValueError(
+            f"class prior {values.tolist()} must be {n_classes} positive numbers (training "
+            "class frequencies); a class with no training faces cannot be prior-corrected"
+        )
+    return values / values.sum()
+
+
+def prior_from_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Training class frequencies (what a checkpoint without `class_prior` was trained on)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    if len(counts) != n_classes or counts.sum() == 0:
+        raise ValueError(f"labels must be class indices below {n_classes}, and not none")
+    return check_prior(counts / counts.sum(), n_classes)
+
+
+class FaceClassifier:
+    """The interface both back-ends share; subclasses implement `_forward` only.
+
+    Constructed directly (with `classes`) it has no model: it only turns logits into
+    decisions and probabilities (`decide`, `proba`) under its options.
+    """
+
+    meta: dict[str, Any]
+    classes: list[str]
+    input_size: int
+
+    def __init__(
+        self,
+        tta_flip: bool = False,
+        temperature: float = 1.0,
+        class_prior: Sequence[float] | np.ndarray | None = None,
+        logit_adjust_tau: float = 0.0,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        if classes is not None:
+            self.classes = list(classes)
+        self.tta_flip = bool(tta_flip)
+        self.temperature = float(temperature)
+        self.class_prior = class_prior
+        self.logit_adjust_tau = float(logit_adjust_tau)
+
+    # The options are checked whenever they are set, so a bad value fails where it is given.
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"temperature {value} must be a positive number")
+        self._temperature = float(value)
+
+    @property
+    def class_prior(self) -> np.ndarray | None:
+        return self._class_prior
+
+    @class_prior.setter
+    def class_prior(self, value: Sequence[float] | np.ndarray | None) -> None:
+        self._class_prior = None if value is None else check_prior(value, len(self.classes))
+
+    @property
+    def logit_adjust_tau(self) -> float:
+        return self._tau
+
+    @logit_adjust_tau.setter
+    def logit_adjust_tau(self, value: float) -> None:
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"logit adjustment τ = {value} must be 0 or more")
+        self._tau = float(value)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 N×1×S×S -> logits N×C (float32)."""
+        raise NotImplementedError(f"{type(self).__name__} has no model to run")
+
+    def logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's logits for uint8 faces N×H×W, in batches; with `tta_flip`, the mean of
+        each face's and its mirror image's logits. Temperature and prior are not applied."""
+        n_classes = len(self.classes)
+        out = []
+        for start in range(0, len(faces), batch_size):
+            x = normalise(faces[start : start + batch_size], self.input_size)
+            if self.tta_flip:
+                both = self._forward(np.concatenate([x, x[..., ::-1]]))
+                out.append((both[: len(x)] + both[len(x) :]) / 2)
+            else:
+                out.append(self._forward(x))
+        return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+
+    def adjust(self, logits: np.ndarray) -> np.ndarray:
+        """Logits as this classifier decides with them: / temperature, − τ·log(prior)."""
+        scores = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.logit_adjust_tau:
+            if self.class_prior is None:
+                raise ValueError(
+                    "logit adjustment needs the training class prior: set class_prior (a "
+                    "checkpoint's meta['class_prior'] or an export's metadata)"
+                )
+            scores = scores - self.logit_adjust_tau * np.log(self.class_prior)
+        return scores
+
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """Class indices from logits; τ = 0 is exactly the argmax of the logits."""
+        if not self.logit_adjust_tau:
+            return np.asarray(logits).argmax(axis=1)
+        return self.adjust(logits).argmax(axis=1)
+
+    def proba(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(self.adjust(logits))
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.proba(self.logits(faces, batch_size))
+
+    def predict(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return self.decide(self.logits(faces, batch_size))
+
+
+class TorchClassifier(FaceClassifier):
+    """A trained `.pt` checkpoint on PyTorch (CPU, or CUDA when asked)."""
+
+    def __init__(
+        self, model: nn.Module, meta: dict[str, Any], device: str = "cpu", **options: Any
+    ) -> None:
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
         self.input_size = int(meta["input_size"])
-        self.classes: list[str] = list(meta["classes"])
+        self.classes = list(meta["classes"])
+        options.setdefault("temperature", float(meta.get("temperature", 1.0)))
+        options.setdefault("class_prior", meta.get("class_prior"))
+        super().__init__(**options)
 
     @classmethod
     def from_checkpoint(
@@ -45,23 +206,114 @@ class Classifier:
         path: str | Path,
         device: str = "cpu",
         expected_classes: tuple[str, ...] | None = CLASSES,
-    ) -> Classifier:
+        **options: Any,
+    ) -> TorchClassifier:
         model, meta = load_model(path, expected_classes)
-        return cls(model, meta, device)
+        return cls(model, meta, device, **options)
 
-    @torch.inference_mode()
-    def logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(faces), batch_size):
-            x = to_tensor(faces[start : start + batch_size], self.input_size).to(self.device)
-            out.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
-
-    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return softmax(self.logits(faces, batch_size))
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            return self.model(batch).float().cpu().numpy()
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+# The PyTorch back-end's earlier name, which the study stages and the age model use.
+Classifier = TorchClassifier
+
+
+class OnnxClassifier(FaceClassifier):
+    """A ferlab ONNX export on ONNX Runtime (CPU), configured from its metadata_props."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 0,
+        expected_classes: tuple[str, ...] | None = CLASSES,
+        **options: Any,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no ONNX model; export one with `ferlab export`")
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (all cores)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ValueError(
+                f"{path}: not a readable ONNX model ({exc.__class__.__name__})"
+            ) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in ONNX_META_KEYS if k not in props]
+        if missing:
+            raise ValueError(
+                f"{path}: ONNX model lacks ferlab metadata {missing}; "
+                "export it with `ferlab export` (or stages/export.py)"
+            )
+        self.path = path
+        self.meta: dict[str, Any] = {
+            "classes": json.loads(props["classes"]),
+            "input_size": int(props["input_size"]),
+            "normalization": json.loads(props["normalization"]),
+            "variant": props["variant"],
+            "model": json.loads(props["model"]),
+            "precision": props.get("precision", "fp32"),
+            "quantization": props.get("quantization"),
+            "temperature": float(props.get("temperature", 1.0)),
+            "class_prior": json.loads(props["class_prior"]) if "class_prior" in props else None,
+        }
+        if expected_classes is not None and self.meta["classes"] != list(expected_classes):
+            raise ValueError(
+                f"{path}: class list {self.meta['classes']} differs from {list(expected_classes)}"
+            )
+        if self.meta["normalization"] != NORMALIZATION:
+            # normalise() applies the one project normalisation; a model trained with another
+            # would silently get wrong inputs.
+            raise ValueError(
+                f"{path}: normalisation {self.meta['normalization']} differs from the "
+                f"project's {NORMALIZATION}; re-export it from a current checkpoint"
+            )
+        self.input_size = self.meta["input_size"]
+        self.classes = list(self.meta["classes"])
+        options.setdefault("temperature", self.meta["temperature"])
+        options.setdefault("class_prior", self.meta["class_prior"])
+        super().__init__(**options)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
+        return self.session.run([OUTPUT_NAME], feed)[0]
+
+
+def bundled_model_path() -> Path:
+    """The ONNX model shipped inside the package (src/ferlab/bundled/model.onnx)."""
+    return Path(str(resources.files("ferlab") / "bundled" / "model.onnx"))
+
+
+def load_classifier(
+    path: str | Path | None = None, threads: int = 0, **options: Any
+) -> FaceClassifier:
+    """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime).
+
+    No path means the bundled model, so the commands work right after install. `options` are
+    the classifier options (`tta_flip`, `temperature`, `class_prior`, `logit_adjust_tau`);
+    temperature and prior default to what the model file carries.
+    """
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: this install has no bundled model; pass --model models/model.pt "
+                "(or an .onnx export), or run `dvc repro export` to create it"
+            )
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchClassifier.from_checkpoint(path, **options)
+    if suffix == ".onnx":
+        return OnnxClassifier(path, threads=threads, **options)
+    raise ValueError(f"{path}: unknown model type {suffix!r}; give a .pt checkpoint or an .onnx")

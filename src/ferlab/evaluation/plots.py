@@ -62,3 +62,28 @@ def note_figure(text: str, path: str | Path) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11)
     ax.set_axis_off()
     save_figure(fig, path)
+
+
+def reliability_figure(
+    curves: dict[str, dict[str, np.ndarray]], path: str | Path, title: str
+) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin (one line per curve, from
+    `ferlab.evaluation.metrics.calibration_bins`), the diagonal, and the faces per bin."""
+    fig, (ax, ax_count) = plt.subplots(
+        2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    edges = next(iter(curves.values()))["edges"]
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = (edges[1] - edges[0]) / (len(curves) + 1)
+    for k, (label, bins) in enumerate(curves.items()):
+        filled = bins["count"] > 0
+        ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "-o", ms=3, label=label)
+        offset = (k - (len(curves) - 1) / 2) * width
+        ax_count.bar(centers + offset, bins["count"], width=width, label=label)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_count.set(xlabel="confidence (top class probability)", ylabel="faces")
+    ax_count.grid(alpha=0.3)
+    save_figure(fig, path)

@@ -255,50 +255,135 @@ def training_section(reports: Path) -> list[str]:
     return lines
 
 
+# Protocol order in the report: the figures without leakage first.
+PROTOCOL_ROWS: tuple[tuple[str, str], ...] = (
+    ("clean_test", "clean test (no copy in train)"),
+    ("reference_private", "FER+ PrivateTest, reference majority protocol"),
+    ("reference_public", "FER+ PublicTest, reference majority protocol"),
+    ("test", "all 7,100 test images, plurality labels"),
+)
+
+
+def _model_entries(metrics: Any) -> dict[str, dict[str, Any]] | None:
+    """reports/metrics.json's per-model entries; None for a file in another layout."""
+    if not isinstance(metrics, dict) or not metrics:
+        return None
+    entries = {k: v for k, v in metrics.items() if isinstance(v, dict) and "calibration" in v}
+    return entries or None
+
+
+def headline_section(reports: Path) -> list[str]:
+    lines = ["## Headline results", ""]
+    metrics = _load(reports, "metrics.json")
+    if metrics is None:
+        return lines + _missing("metrics.json", "evaluate")
+    entries = _model_entries(metrics)
+    if entries is None:
+        lines += [
+            "_`reports/metrics.json` predates the protocol evaluation (no per-model entries); "
+            "run `dvc repro evaluate`._",
+            "",
+        ]
+        return lines
+    for name, m in entries.items():
+        test, clean = m.get("test") or {}, m.get("clean_test") or {}
+        lines += [
+            f"### `{name}` ({m.get('model', '?')}, {m.get('variant', '?')} faces)",
+            "",
+            "| protocol | n | accuracy (%) | balanced accuracy (%) | macro-F1 (%) | "
+            "prior-corrected balanced accuracy (%) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, label in PROTOCOL_ROWS:
+            row = m.get(key)
+            if not isinstance(row, dict):
+                lines.append(
+                    f"| {label} | – | _not scored: see reports/evaluation/{name}.json_ | | | |"
+                )
+                continue
+            lines.append(
+                f"| {label} | {_num(row.get('n', '–'))} | {_pct(row.get('accuracy'))} | "
+                f"{_pct(row.get('balanced_accuracy'))} | {_pct(row.get('macro_f1'))} | "
+                f"{_pct(row.get('prior_corrected_balanced_accuracy'))} |"
+            )
+        lines.append("")
+        if isinstance(test.get("n"), int) and isinstance(clean.get("n"), int):
+            leaked = test["n"] - clean["n"]
+            lines += [
+                f"The plurality figure includes {leaked:,} test images "
+                f"({100 * leaked / max(test['n'], 1):.1f}%) that have an exact or near copy in "
+                "the training data (see Leakage below): a model may have seen them, so it "
+                "overstates accuracy on new faces. The clean test leaves them out; the reference "
+                "protocol is the one published FER+ results use (Microsoft FERPlus, majority "
+                "mode: single votes dropped, kept when one emotion has more than half the rest).",
+                "",
+            ]
+        cal = m.get("calibration") or {}
+        if cal:
+            lines += [
+                f"Calibration on the test set: expected calibration error "
+                f"{_pct(cal.get('ece'))}% → {_pct(cal.get('ece_calibrated'))}% after temperature "
+                f"scaling (T = {_num(cal.get('temperature'))}, fitted on validation by NLL; "
+                f"test NLL {_num(cal.get('nll'))} → {_num(cal.get('nll_calibrated'))}). "
+                "Prior-corrected: argmax of logits/T − τ·log(training class prior).",
+                "",
+            ]
+    return lines
+
+
 def metrics_section(reports: Path) -> list[str]:
     lines = ["## Test metrics", ""]
     metrics = _load(reports, "metrics.json")
     if metrics is None:
         return lines + _missing("metrics.json", "evaluate")
-    variant = metrics.get("variant", "original")
-    lines += [
-        f"Model `{metrics.get('model', '?')}` on the `{variant}` preprocessing.",
-        "",
-        "| split | n | accuracy (%) | balanced accuracy (%) | macro-F1 (%) | loss |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for split in ("val", "test"):
-        m = metrics.get(split)
-        if isinstance(m, dict):
-            lines.append(
-                f"| {split} | {_num(m.get('n', '–'))} | {_pct(m.get('accuracy'))} | "
-                f"{_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
-                f"{_num(m.get('loss', '–'))} |"
+    entries = _model_entries(metrics)
+    if entries is None:
+        lines += ["_See the note under Headline results._", ""]
+        return lines
+    for name, m in entries.items():
+        lines += [f"### `{name}`", ""]
+        detail = _load(reports, f"evaluation/{name}.json")
+        protocols = (detail or {}).get("protocols") or {}
+        if protocols:
+            lines += [
+                "Recall per class (%), plain argmax / prior-corrected:",
+                "",
+                "| protocol | " + " | ".join(CLASSES) + " |",
+                "|---|" + "---:|" * len(CLASSES),
+            ]
+            for key, label in PROTOCOL_ROWS:
+                part = protocols.get(key)
+                if not part:
+                    continue
+                plain = part.get("per_class_recall") or {}
+                fixed = (part.get("prior_corrected") or {}).get("per_class_recall") or {}
+                cells = [f"{_pct(plain.get(c))} / {_pct(fixed.get(c))}" for c in CLASSES]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+        else:
+            lines += [
+                f"_`reports/evaluation/{name}.json` not found; run `dvc repro evaluate`._",
+                "",
+            ]
+        test = m.get("test") or {}
+        seed = SEED_ACCURACY.get(m.get("variant", "original"))
+        if seed is not None and "accuracy" in test:
+            diff = 100 * (test["accuracy"] - seed)
+            lines += [
+                f"The seed study reported {_pct(SEED_ACCURACY['original'])}% test accuracy on "
+                f"the original crops and {_pct(SEED_ACCURACY['retinaface'])}% with RetinaFace "
+                f"preprocessing, on the plurality test; `{name}` is {abs(diff):.2f} points "
+                f"{'below' if diff < 0 else 'above'} {_pct(seed)}% there.",
+                "",
+            ]
+        for key in ("clean_test", "reference_private", "test"):
+            lines += _figure(
+                reports, f"figures/evaluation/{name}_confusion_{key}.png", f"{name} {key} confusion"
             )
-    lines.append("")
-    test = metrics.get("test") or {}
-    recall = test.get("per_class_recall") or {}
-    if recall:
-        lines += [
-            "Test recall per class (%):",
-            "",
-            "| " + " | ".join(recall) + " |",
-            "|" + "---:|" * len(recall),
-            "| " + " | ".join(_pct(v) for v in recall.values()) + " |",
-            "",
-        ]
-    seed = SEED_ACCURACY.get(variant)
-    if seed is not None and "accuracy" in test:
-        diff = 100 * (test["accuracy"] - seed)
-        lines += [
-            f"The seed study reported {_pct(SEED_ACCURACY['original'])}% test accuracy on the "
-            f"original crops and {_pct(SEED_ACCURACY['retinaface'])}% with RetinaFace "
-            f"preprocessing; this run's {variant} model is {abs(diff):.2f} points "
-            f"{'below' if diff < 0 else 'above'} {_pct(seed)}%.",
-            "",
-        ]
-    lines += _figure(reports, "figures/confusion_test.png", "test confusion matrix")
-    lines += _figure(reports, "figures/confusion_val.png", "validation confusion matrix")
+        lines += _figure(reports, f"figures/evaluation/{name}_reliability.png", "reliability")
+        lines += _figure(
+            reports, f"figures/evaluation/{name}_attention_maps.png", f"{name} attention maps"
+        )
     return lines
 
 
@@ -354,6 +439,7 @@ def age_section(reports: Path) -> list[str]:
 
 
 SECTIONS: tuple[Section, ...] = (
+    headline_section,
     dataset_section,
     leakage_section,
     detection_section,
