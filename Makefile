@@ -15,13 +15,18 @@ export OMP_WAIT_POLICY := PASSIVE
 
 setup: $(STAMP)
 
-# Install order is fixed: the CPU torch wheel first (so nothing pulls a CUDA build), then the
-# project, then GUI OpenCV reinstalled last, because albumentations drags in
-# opencv-python-headless and both packages write the same cv2/ folder.
+# Install order is fixed: torch first, then the project, then GUI OpenCV reinstalled last,
+# because albumentations drags in opencv-python-headless and both write the same cv2/ folder.
+# Which torch build: `pip install torch==2.13.0` takes whatever pip's configured sources hold.
+# On a machine whose pip config lists a local CPU wheel (find-links), that is the CPU build; from
+# plain PyPI on Linux it is the CUDA build (several GB). TORCH_INDEX chooses explicitly:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu      # CPU build, any machine
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128    # a CUDA build
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip uninstall -q -y opencv-python-headless
 	$(BIN)/pip install -q --force-reinstall --no-deps opencv-python==5.0.0.93

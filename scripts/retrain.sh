@@ -18,17 +18,22 @@
 set -euo pipefail
 
 # The small profile: a CPU-sized subset run of the real pipeline (the README's small profile).
-SMALL_PROFILE=(split.max_per_class=200 train.epochs=3 model.name=baseline)
+# `fast.train.epochs` shortens the live model's training too (evaluate scores both models).
+SMALL_PROFILE=(split.max_per_class=200 train.epochs=3 model.name=baseline fast.train.epochs=3)
 SMALL_TARGETS=(evaluate)
-# Plots compared across revisions; each must be a `plots` entry of dvc.yaml.
-PLOT_TARGETS=(reports/confusion_test.csv reports/figures/confusion_test.png)
+# Plots compared across revisions: the `plots` entry reports/confusion_test.csv (the study
+# model's test confusion) and the study model's confusion figure, one file of the `plots`
+# folder reports/figures/evaluation (`dvc plots diff` takes a file inside a declared folder:
+# that file alone, at each revision that has it).
+PLOT_TARGETS=(reports/confusion_test.csv reports/figures/evaluation/study_confusion_test.png)
 
 usage() {
     cat <<'EOF'
 usage: scripts/retrain.sh [--profile small|full] [--base REF] [--report FILE] [--push]
                           [-S key=value]... [TARGET...]
 
-  --profile      small (default): subset, 3 epochs, baseline model, up to `evaluate`;
+  --profile      small (default): subset, 3 epochs (both models), baseline study model,
+                 up to `evaluate`;
                  full: params.yaml as it is, every stage
   --base REF     git ref to compare with (default: origin/$GITHUB_BASE_REF on pull requests,
                  else main, else origin/main); 40 zeros (a new branch's push) means HEAD~1

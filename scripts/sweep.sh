@@ -12,12 +12,13 @@
 # lands in one store, tagged `dvc_experiment=<name>`. See docs/experiments.md.
 set -euo pipefail
 
+# The study model's (DDAMFN's) options are under model.ddamfn (params.yaml).
 DEFAULT_GRID=(
-    "model.heads=2,4"
+    "model.ddamfn.heads=2,4"
     "train.lr=0.01,0.001"
     "train.batch_size=32,64"
-    "train.optimizer=adam,sgd"
-    "model.activation=prelu,relu"
+    "train.optimizer=adamw,sgd"
+    "model.ddamfn.activation=prelu,relu"
 )
 
 usage() {

@@ -5,6 +5,8 @@ import sys
 from ferlab import tracking
 from ferlab.config import flatten, load_params
 from ferlab.evaluation.evaluate import EvaluateSettings, evaluate_models
+from ferlab.evaluation.metrics import near_chance
+from ferlab.io import read_json
 from ferlab.stage import run_stage
 
 
@@ -20,6 +22,15 @@ def main() -> None:
             manifest_csv="data/manifest.csv",
             leakage_json="reports/leakage.json",
         )
+        counts = read_json("reports/split_counts.json")["counts"]["test"]
+        for name, entry in metrics.items():
+            if near_chance(entry["test"]["accuracy"], counts):
+                print(
+                    f"WARNING: {name} scores {entry['test']['accuracy']:.1%} on the test split, "
+                    "near chance (the commonest class alone scores about as much): this model "
+                    "has not learnt the task; do not ship it",
+                    file=sys.stderr,
+                )
         # The same dotted names as reports/metrics.json (`ddamfn.clean_test.accuracy`).
         tracking.log_metrics(flatten(metrics))
         tracking.log_artifacts(

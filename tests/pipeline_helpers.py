@@ -14,9 +14,14 @@ import pytest
 from test_pipeline_e2e import project_copy, run, small_profile
 
 # The smallest profile that still runs the real pipeline, passed to the scripts as -S
-# overrides on top of their small profile: 20 faces per class and split, one epoch, a narrow
-# baseline model.
-TEST_PROFILE = ("split.max_per_class=20", "train.epochs=1", "model.width=0.25")
+# overrides on top of their small profile: 20 faces per class and split, one epoch of a narrow
+# baseline study model (its options live under model.baseline) and one of the fast model.
+TEST_PROFILE = (
+    "split.max_per_class=20",
+    "train.epochs=1",
+    "model.baseline.width=0.25",
+    "fast.train.epochs=1",
+)
 
 _baselines: dict[str, Path] = {}
 
@@ -35,16 +40,17 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout
 
 
-def small_baseline(source_zip: Path, factory: pytest.TempPathFactory) -> Path:
+def small_baseline(source_zip: Path, votes_csv: Path, factory: pytest.TempPathFactory) -> Path:
     """A repo copy whose branch `main` holds a committed small-profile run of the pipeline.
 
     The run is the retraining script's own (`scripts/retrain.sh --profile small`), so params.yaml
     at `main` already carries TEST_PROFILE's values, as a base branch that ran the profile would.
+    `votes_csv` (the shared FER+ votes) feeds the reference protocols of the evaluate stage.
     """
-    key = str(source_zip)
+    key = f"{source_zip}|{votes_csv}"
     if key not in _baselines:
         repo = project_copy(factory.mktemp("baseline") / "repo")
-        small_profile(repo / "params.yaml", source_zip)
+        small_profile(repo / "params.yaml", source_zip, votes_csv)
         # The CI report is a by-product of each run, never part of the baseline commit.
         with (repo / ".git/info/exclude").open("a") as f:
             f.write("/reports/ci_*\n")

@@ -47,9 +47,15 @@ def set_param(params_file: Path, group: str, key: str, value: object) -> None:
 
 
 @pytest.fixture
-def repo(subset_zip: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+def repo(
+    subset_zip: Path,
+    shared_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> Path:
     """A copy of the committed baseline on a new branch `change`, as a pull request has it."""
-    repo = clone_baseline(small_baseline(subset_zip, tmp_path_factory), tmp_path / "repo")
+    baseline = small_baseline(subset_zip, shared_data / "ferplus_votes.csv", tmp_path_factory)
+    repo = clone_baseline(baseline, tmp_path / "repo")
     git(repo, "checkout", "-qb", "change")
     return repo
 
@@ -65,11 +71,12 @@ def test_changed_param_is_retrained_and_reported_against_base(repo: Path) -> Non
     done = script(repo, "--profile", "small", "--base", "main", *set_args(TEST_PROFILE))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    # The pipeline really reran with the new value.
+    # The pipeline really reran with the new value (dvc.lock keeps dotted params flat).
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] == new_lr
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train.lr"] == new_lr
     after = json.loads((repo / "reports/metrics.json").read_text())
-    assert after["test"]["loss"] != before["test"]["loss"]
+    # The study model's test NLL: a number any change of its weights moves.
+    assert after["study"]["calibration"]["nll"] != before["study"]["calibration"]["nll"]
 
     report = (repo / "reports/ci_report.md").read_text()
     rows = table_rows(report)
@@ -81,19 +88,23 @@ def test_changed_param_is_retrained_and_reported_against_base(repo: Path) -> Non
     # Metrics diff: the base's committed numbers next to this run's.
     header = next(row for row in rows if row[:2] == ["Path", "Metric"])
     assert header[2:4] == ["main", "workspace"]
-    loss = next(row for row in rows if row[:2] == ["reports/metrics.json", "test.loss"])
-    assert float(loss[2]) == pytest.approx(before["test"]["loss"], abs=1e-4)
-    assert float(loss[3]) == pytest.approx(after["test"]["loss"], abs=1e-4)
+    # (It flattens metrics.json's nested entries with dots: `study.calibration.nll`.)
+    nll = next(row for row in rows if row[:2] == ["reports/metrics.json", "study.calibration.nll"])
+    assert float(nll[2]) == pytest.approx(before["study"]["calibration"]["nll"], abs=1e-4)
+    assert float(nll[3]) == pytest.approx(after["study"]["calibration"]["nll"], abs=1e-4)
     # Confusion-matrix plot diff: an HTML page and the two revisions' images, linked.
     assert "(ci_plots/index.html)" in report
     assert (repo / "reports/ci_plots/index.html").is_file()
     images = sorted(p.name for p in (repo / "reports/ci_plots/static").glob("*.png"))
     assert len(images) == 2 and any(n.startswith("main") for n in images), images
+    # Both are the study model's test confusion figure (reports/figures/evaluation/).
+    assert all(n.endswith("study_confusion_test.png") for n in images), images
     assert all(f"(ci_plots/static/{name})" in report for name in images)
     # The effective overrides are stated: the profile's, with the later -S values winning.
     overrides = next(line for line in report.splitlines() if line.startswith("- overrides:"))
     assert "`model.name=baseline`" in overrides and "`split.max_per_class=20`" in overrides
-    assert "split.max_per_class=200" not in overrides
+    assert "`model.baseline.width=0.25`" in overrides and "`fast.train.epochs=1`" in overrides
+    assert "split.max_per_class=200" not in overrides and "fast.train.epochs=3" not in overrides
 
 
 @pytest.mark.slow
@@ -133,6 +144,8 @@ def test_small_profile_is_the_readmes() -> None:
     assert shown.returncode == 0
     overrides = shown.stdout.split()
     assert "model.name=baseline" in overrides
+    # The fast model is trained (and evaluated) in the small profile too: kept short.
+    assert any(item.startswith("fast.train.epochs=") for item in overrides), overrides
     # Every override names an existing key of params.yaml (a renamed key would break CI).
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for item in overrides:

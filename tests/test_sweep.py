@@ -30,9 +30,13 @@ def sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_queued_two_by_two_sweep_gives_four_experiments_and_mlflow_runs(
-    subset_zip: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    subset_zip: Path,
+    shared_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
-    repo = clone_baseline(small_baseline(subset_zip, tmp_path_factory), tmp_path / "repo")
+    baseline_repo = small_baseline(subset_zip, shared_data / "ferplus_votes.csv", tmp_path_factory)
+    repo = clone_baseline(baseline_repo, tmp_path / "repo")
     train = yaml.safe_load((repo / "params.yaml").read_text())["train"]
     # Values the baseline did not run: DVC restores a stage it has already run with the same
     # code, data and params from its run-cache, and a restored stage logs no new MLflow run.
@@ -53,7 +57,7 @@ def test_queued_two_by_two_sweep_gives_four_experiments_and_mlflow_runs(
         params = data["params"]["params.yaml"]["data"]
         experiments[exp["name"]] = (params["train"]["lr"], params["train"]["batch_size"])
         metrics = data["metrics"]["reports/metrics.json"]["data"]
-        test_accuracy[exp["name"]] = metrics["test"]["accuracy"]
+        test_accuracy[exp["name"]] = metrics["study"]["test"]["accuracy"]
         assert params["split"]["max_per_class"] == 20  # the profile applied to every one
     assert len(experiments) == 4, experiments
     assert sorted(experiments.values()) == sorted(itertools.product(lrs, batches))
@@ -85,27 +89,47 @@ def test_queued_two_by_two_sweep_gives_four_experiments_and_mlflow_runs(
     }
     assert logged == experiments  # four runs, four distinct (lr, batch size) pairs
     for name, run_id in by_stage["evaluate"].items():
-        query = "SELECT value FROM latest_metrics WHERE run_uuid = ? AND key = 'test_accuracy'"
-        value = db.execute(query, (run_id,)).fetchone()[0]
+        # The evaluate stage logs metrics.json's entries under their dotted names.
+        query = "SELECT value FROM latest_metrics WHERE run_uuid = ? AND key = ?"
+        value = db.execute(query, (run_id, "study.test.accuracy")).fetchone()[0]
         assert value == pytest.approx(test_accuracy[name])
 
 
 def test_default_grid_names_existing_params(tmp_path: Path) -> None:
+    from ferlab.models import check_common, model_options
+    from ferlab.training.loop import TrainConfig
+
     shown = sweep(tmp_path, "--show-grid")
     assert shown.returncode == 0
-    axes = shown.stdout.split()
-    assert {axis.partition("=")[0] for axis in axes} == {
-        "model.heads",
-        "model.activation",
+    lines = shown.stdout.split()
+    axes = dict(axis.partition("=")[::2] for axis in lines)
+    assert len(axes) == len(lines), lines  # one axis per key
+    assert set(axes) == {
+        "model.ddamfn.heads",
+        "model.ddamfn.activation",
         "train.lr",
         "train.batch_size",
         "train.optimizer",
     }
+    assert axes["train.optimizer"].split(",") == ["adamw", "sgd"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for axis in axes:
-        group, key = axis.partition("=")[0].split(".")
-        assert key in params[group], axis
-        assert len(axis.partition("=")[2].split(",")) == 2, axis
+    for key, values in axes.items():
+        # The key exists in params.yaml (a renamed key would make every point a no-op or fail).
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, key
+            node = node[part]
+        choices = [yaml.safe_load(v) for v in values.split(",")]
+        assert len(choices) == 2 and choices[0] != choices[1], key
+        # Every value is one the stage accepts (DVC parses `-S` values as YAML, as here).
+        group, *rest = key.split(".")
+        for value in choices:
+            if group == "model":
+                name, option = rest
+                assert option in model_options(name), key
+                check_common(name, **{option: value})
+            else:
+                TrainConfig.from_params({**params["train"], rest[0]: value}, seed=0)
 
 
 def test_bad_arguments_are_refused_before_queueing(tmp_path: Path) -> None:

@@ -161,6 +161,22 @@ def ui(
 
 
 @app.command()
+def bundle(
+    max_ms: float = typer.Option(2.0, help="Most milliseconds a face (batch 1, one thread)."),
+) -> None:
+    """Choose the bundled default model from a full run's exports and write its model card.
+
+    Deliberate, never part of `dvc repro`: reads reports/export.json and reports/metrics.json,
+    refuses a subset run or a model near chance, and replaces src/ferlab/bundled/.
+    """
+    with _one_line_errors():
+        from ferlab.bundle import bundle as make_bundle
+        from ferlab.config import load_params
+
+        make_bundle(load_params(), max_ms=max_ms, log=typer.echo)
+
+
+@app.command()
 def evaluate(
     folder: str = typer.Argument(
         ..., help="Labelled faces: one subfolder per class (angry/, happy/, ... any case)."

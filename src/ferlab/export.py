@@ -1,4 +1,4 @@
-"""ONNX export (fp32 and int8), their comparison with PyTorch, the bundled default model.
+"""ONNX export (fp32 and int8), their comparison with PyTorch, and their per-face speed.
 
 An exported model carries what is needed to use it in its ONNX `metadata_props`: class list,
 input size, normalisation, preprocessing variant, model spec, and (when known) the training
@@ -9,17 +9,14 @@ layer's job (`ferlab.inference.OnnxClassifier`, `load_classifier`).
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ferlab.checkpoint import NORMALIZATION
-from ferlab.classes import CLASSES
 from ferlab.inference import (
     INPUT_NAME,
     ONNX_META_KEYS,
@@ -29,14 +26,14 @@ from ferlab.inference import (
     TorchClassifier,
     normalise,
 )
-from ferlab.io import atomic_path, file_sha256, write_json
+from ferlab.io import atomic_path
 
 DEFAULT_OPSET = 17
 INT8_METHODS: tuple[str, ...] = ("static", "dynamic")
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 # Metadata keys written into every exported model; values are strings (JSON where structured).
 META_KEYS = ONNX_META_KEYS  # read back by ferlab.inference.OnnxClassifier
-BUNDLED_MAX_BYTES = 10_000_000
+OUT_DIR = Path("models/onnx")  # the export stage's output folder
 
 Log = Callable[[str], None]
 
@@ -206,7 +203,7 @@ def quantize_int8(
 
 
 # --------------------------------------------------------------------------------------------
-# Measurements and the bundled model
+# Measurements
 
 
 def accuracy(classifier: FaceClassifier, faces: np.ndarray, labels: np.ndarray) -> float:
@@ -256,37 +253,6 @@ def choose_int8(
     return {"method": best, "val_accuracy": scores}
 
 
-def refresh_bundled(
-    candidates: list[Path], card: dict[str, Any], target_dir: str | Path
-) -> dict[str, Any]:
-    """Copy the first candidate under the size limit to <target_dir>/model.onnx and write its
-    model card; returns the card. Candidates are in order of preference (fp32 first)."""
-    target_dir = Path(target_dir)
-    fitting = [p for p in candidates if p.stat().st_size < BUNDLED_MAX_BYTES]
-    if not fitting:
-        sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in candidates)
-        raise ValueError(
-            f"no export fits the bundled-model limit of {BUNDLED_MAX_BYTES / 1e6:.1f} MB "
-            f"({sizes}); choose a smaller model (model.width) before bundling"
-        )
-    chosen = fitting[0]
-    meta = read_metadata(chosen)
-    with atomic_path(target_dir / "model.onnx") as tmp:
-        shutil.copyfile(chosen, tmp)
-    card = {
-        **card,
-        "file": "model.onnx",
-        "sha256": file_sha256(target_dir / "model.onnx"),
-        "size_bytes": (target_dir / "model.onnx").stat().st_size,
-        "precision": meta.get("precision", "fp32"),
-        "quantization": meta.get("quantization"),
-        "exported_from": chosen.name,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    write_json(target_dir / "model_card.json", card)
-    return card
-
-
 def _subset(
     split: str, variant: str, arrays_root: str | Path, k: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -302,21 +268,16 @@ def export_all(
     arrays_root: str | Path = "data/arrays",
     onnx_out: str | Path = "models/model.onnx",
     int8_out: str | Path = "models/model.int8.onnx",
-    bundled_dir: str | Path | None = None,
-    test_metrics: dict[str, Any] | None = None,
-    test_metrics_source: str | None = None,
     temperature: float | None = None,
-    params: dict[str, Any] | None = None,
     opset: int = DEFAULT_OPSET,
     int8_methods: tuple[str, ...] = INT8_METHODS,
     test_images: int = 1000,
     calibration_images: int = 512,
     seed: int = 42,
-    note: str | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
-    """The export stage's work: fp32 + int8 exports, their agreement and accuracy on real test
-    faces, and (with `bundled_dir`) the refreshed bundled model. Returns the report.
+    """The export stage's work for one model: fp32 + int8 exports and their agreement and
+    accuracy on real test faces. Returns the report.
 
     The exports carry the training class prior (the checkpoint's, else the cached training
     labels' frequencies) and `temperature` when given (the evaluate stage's fit).
@@ -379,36 +340,21 @@ def export_all(
         f"int8 ({choice['method']}) accuracy {acc_int8:.4f} vs {acc_torch:.4f} on "
         f"{len(test_labels)} test faces"
     )
-    if bundled_dir is not None:
-        card = {
-            "name": "ferlab expression model",
-            "classes": list(CLASSES),
-            "input_size": int(payload["input_size"]),
-            "variant": variant,
-            "model": payload["model"],
-            "n_parameters": payload.get("n_parameters"),
-            "data_sha256": payload.get("data_sha256"),
-            "checkpoint_sha256": file_sha256(checkpoint),
-            "params": params or {},
-            "test_metrics": test_metrics,
-            "test_metrics_source": test_metrics_source if test_metrics else None,
-            "temperature": temperature,
-            "class_prior": prior,
-            "export": {k: v for k, v in report.items() if k not in ("int8_val_accuracy", "model")},
-            "how_made": (
-                f"`dvc repro export`: {checkpoint} exported with torch.onnx.export (opset "
-                f"{opset}, dynamic batch); int8 by ONNX Runtime {choice['method']} quantisation "
-                f"(the most accurate on {len(val_labels)} real validation faces); the fp32 file "
-                f"is bundled when under {BUNDLED_MAX_BYTES / 1e6:.1f} MB, else the int8 one"
-            ),
-        }
-        if note:
-            card["note"] = note
-        card = refresh_bundled([onnx_out, int8_out], card, bundled_dir)
-        report["bundled"] = {
-            "precision": card["precision"],
-            "size_mb": card["size_bytes"] / 1e6,
-            "sha256": card["sha256"],
-        }
-        log(f"export: bundled {card['exported_from']} ({card['size_bytes'] / 1e6:.1f} MB)")
     return report
+
+
+def per_face_ms(onnx_path: str | Path, threads: int = 1, repeats: int = 300) -> float:
+    """Median milliseconds to classify one face (batch 1) with ONNX Runtime on `threads`
+    threads, after a warm-up: the live loop's per-face cost on this machine."""
+    import time
+
+    classifier = OnnxClassifier(onnx_path, threads=threads)
+    face = np.full((1, classifier.input_size, classifier.input_size), 128, np.uint8)
+    for _ in range(20):
+        classifier.logits(face)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        classifier.logits(face)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

@@ -50,7 +50,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
 # Protocols whose confusion matrix is drawn (all are in the detail JSON).
 FIGURE_PROTOCOLS = ("test", "reference_private", "clean_test")
-DEFAULT_MODELS = {"ddamfn": "models/model.pt"}
+DEFAULT_MODELS = {"study": "models/model.pt"}
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,14 @@ def expected_calibration_error(
     weights = bins["count"][filled] / bins["count"].sum()
     gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
     return float((weights * gaps).sum())
+
+
+CHANCE_MARGIN = 0.05  # a model must beat always answering the commonest class by this much
+
+
+def near_chance(accuracy: float, counts: dict[str, int]) -> bool:
+    """True when `accuracy` is within CHANCE_MARGIN of always answering the commonest class
+    (given the split's per-class counts) or of a uniform guess."""
+    total = sum(counts.values())
+    majority = max(counts.values()) / total if total else 0.0
+    return accuracy < max(majority, 1 / len(CLASSES)) + CHANCE_MARGIN

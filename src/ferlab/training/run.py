@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,28 @@ from ferlab.models import build_model
 from ferlab.training.loop import FitResult, TrainConfig, fit, seed_everything
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent (torchrun) dies: killing the
+    pipeline then stops the training workers too, instead of leaving them on the cores."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_distributed() -> bool:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
     import torch
+
+    die_with_parent()
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():

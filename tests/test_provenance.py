@@ -1,0 +1,80 @@
+"""The committed reports are the ones the committed `dvc repro` wrote, and the code's layers
+point one way."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def committed_plain_outputs() -> list[tuple[str, str]]:
+    """(path, md5) of every `cache: false` file output recorded in dvc.lock."""
+    lock_file = ROOT / "dvc.lock"
+    if not lock_file.is_file():
+        pytest.fail("dvc.lock is not committed: nothing ties reports/ to the run that made them")
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    lock = yaml.safe_load(lock_file.read_text())["stages"]
+    plain = set()
+    for stage in pipeline.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict):
+                    path, options = next(iter(entry.items()))
+                    if options and options.get("cache") is False:
+                        plain.add(path)
+    found = []
+    for name, stage in lock.items():
+        for out in stage.get("outs", []):
+            if out["path"] in plain and "md5" in out and not out["md5"].endswith(".dir"):
+                found.append((out["path"], out["md5"]))
+    return found
+
+
+def test_every_committed_report_is_the_one_dvc_lock_records() -> None:
+    outputs = committed_plain_outputs()
+    assert len(outputs) > 20
+    wrong = [
+        path
+        for path, md5 in outputs
+        if not (ROOT / path).is_file() or hashlib.md5((ROOT / path).read_bytes()).hexdigest() != md5
+    ]
+    assert not wrong, f"edited or produced outside `dvc repro`: {wrong}"
+
+
+# Layers, bottom up: a module may import its own layer and those below, never above.
+LAYERS = [
+    {"classes", "config", "io", "figures", "stage", "tracking", "data", "faces"},
+    {"models", "checkpoint"},
+    {"training", "inference"},
+    {"evaluation", "export", "realtime", "age", "bundle"},
+    {"cli"},
+]
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if module.startswith("ferlab.") else module
+    for level, names in enumerate(LAYERS):
+        if top in names:
+            return level
+    raise AssertionError(f"ferlab.{top} is in no layer of this test")
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = []
+    package = ROOT / "src" / "ferlab"
+    for path in sorted(package.rglob("*.py")):
+        if path.parent == package and path.name == "__init__.py":
+            continue
+        module = "ferlab." + ".".join(path.relative_to(package).with_suffix("").parts)
+        own = layer_of(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ferlab.")
+            if named and layer_of(node.module) > own:
+                upward.append(f"{module} imports {node.module}")
+    assert not upward, upward
