@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup repro test lint ui clean-venv
+.PHONY: setup repro test lint ui compare clean-venv
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ lint: setup
 
 ui: setup
 	$(BIN)/ferlab ui
+
+# The experiments side by side with only the numbers people compare (dvc exp show alone lists
+# every param and metric: hundreds of columns).
+COMPARE_KEEP := Experiment|Created|^seed$$|train\.(epochs|lr|batch_size|targets|ema_decay)|model\.name|^fast\.|(study|fast)\.(reference_private|clean_test|test)\.(accuracy|balanced_accuracy)
+compare: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp show --drop '.*' --keep '$(COMPARE_KEEP)' --md
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,7 +18,7 @@ import yaml
 from test_pipeline_e2e import project_copy
 
 from ferlab.classes import CLASSES
-from ferlab.export import BUNDLED_MAX_BYTES, choose_int8, export_onnx, read_metadata
+from ferlab.export import choose_int8, export_onnx, read_metadata
 from ferlab.inference import OnnxClassifier, TorchClassifier, bundled_model_path, load_classifier
 from ferlab.io import file_sha256, save_npz, write_json
 
@@ -154,24 +154,35 @@ def test_load_classifier_picks_the_runtime_by_suffix(small_checkpoint, exported,
 
 def test_bundled_model_works_out_of_the_box(real_faces) -> None:
     path = bundled_model_path()
-    assert path.is_file(), "src/ferlab/bundled/model.onnx is missing: run `dvc repro export`"
-    assert path.stat().st_size < BUNDLED_MAX_BYTES
+    assert path.is_file(), "src/ferlab/bundled/model.onnx is missing: run `ferlab bundle`"
+    assert path.stat().st_size < 2_000_000  # the live model's size budget
     model = load_classifier()  # no path: the bundled model
     assert isinstance(model, OnnxClassifier) and model.classes == list(CLASSES)
     card = json.loads((path.parent / "model_card.json").read_text())
-    assert card["sha256"] == file_sha256(path)
-    for key in ("data_sha256", "params", "test_metrics", "created_utc", "how_made", "model"):
+    assert card["chosen"]["sha256"] == file_sha256(path)
+    for key in ("rule", "candidates", "metrics", "params", "git_commit"):
         assert key in card, key
+    assert len(card["candidates"]) >= 2
     images, labels = real_faces
     accuracy = float((model.predict_proba(images).argmax(1) == labels).mean())
     assert accuracy > 0.35  # 12 real test faces per class; chance is 0.125
 
 
-def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> None:
+def headline(accuracy: float, n: int) -> dict:
+    """A metrics.json entry as the evaluate stage writes it (the figures the bundle rule reads)."""
+    row = {"accuracy": accuracy, "balanced_accuracy": accuracy - 0.1, "n": n}
+    return {
+        "test": row, "reference_private": row, "clean_test": row,
+        "calibration": {"temperature": 1.5},
+    }  # fmt: skip
+
+
+def test_export_stage_runs_under_dvc_and_bundle_chooses(real_faces, small_checkpoint, tmp_path):
     repo = project_copy(tmp_path / "repo")
     images, labels = real_faces
     (repo / "models").mkdir()
     shutil.copy2(small_checkpoint, repo / "models/model.pt")
+    shutil.copy2(small_checkpoint, repo / "models/fast.pt")
     for split in ("train", "val", "test"):
         paths = np.array([f"{split}/{i}.png" for i in range(len(labels))])
         save_npz(
@@ -181,8 +192,10 @@ def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> 
             paths=paths,
             face_found=np.ones(len(labels), bool),
         )
-    headline = {"test": {"accuracy": 0.5, "n": len(labels)}, "calibration": {"temperature": 1.5}}
-    write_json(repo / "reports/metrics.json", {"ddamfn": headline})
+    write_json(
+        repo / "reports/metrics.json",
+        {"study": headline(0.80, len(labels)), "fast": headline(0.70, len(labels))},
+    )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["realtime"].update(export_test_images=80, calibration_images=32)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -190,37 +203,50 @@ def test_export_stage_runs_under_dvc(real_faces, small_checkpoint, tmp_path) -> 
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        ["dvc", "repro", "--single-item", "export"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+
+    done = run("dvc", "repro", "--single-item", "export")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((repo / "reports/export.json").read_text())
-    assert report["n_test_images"] == 80
-    assert report["fp32_max_prob_diff"] < 1e-4
-    assert report["int8_method"] in ("static", "dynamic")
-    assert "int8_accuracy_drop" in report
+    assert set(report) == {"study", "fast"}
+    for entry in report.values():
+        assert entry["n_test_images"] == 80
+        assert entry["fp32_max_prob_diff"] < 1e-4
+        assert entry["int8_method"] in ("static", "dynamic")
+        assert entry["ms_per_face_1_thread"]["fp32"] > 0
+        assert entry["sha256"]["fp32"] == file_sha256(repo / entry["files"]["fp32"])
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"] for o in lock["stages"]["export"]["outs"]}
-    assert {"models/model.onnx", "models/model.int8.onnx", "src/ferlab/bundled/model.onnx"} <= outs
+    assert outs == {"models/onnx", "reports/export.json"}
+    # The pipeline never writes the bundled model.
+    assert (repo / "src/ferlab/bundled/model.onnx").read_bytes() == bundled_before
 
+    # The deliberate step: both exports are candidates, the more accurate one is bundled.
+    done = run(sys.executable, "-m", "ferlab.cli", "bundle", "--max-ms", "1000")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     bundled = repo / "src/ferlab/bundled/model.onnx"
-    assert bundled.read_bytes() != bundled_before  # refreshed from this checkpoint
-    assert bundled.stat().st_size < BUNDLED_MAX_BYTES
     card = json.loads((repo / "src/ferlab/bundled/model_card.json").read_text())
-    assert card["data_sha256"] == "test"
-    assert card["test_metrics"] == headline
-    assert card["temperature"] == 1.5
-    assert card["params"]["model"]["name"] == params["model"]["name"]
-    assert card["sha256"] == file_sha256(bundled)
-    assert card["precision"] == "fp32"  # the small model fits under the limit unquantised
+    assert card["chosen"]["model"] == "study"
+    assert card["chosen"]["sha256"] == file_sha256(bundled)
+    assert {(c["model"], c["precision"]) for c in card["candidates"]} == {
+        ("study", "fp32"), ("study", "int8"), ("fast", "fp32"), ("fast", "int8"),
+    }  # fmt: skip
     # The export carries the evaluate stage's temperature (and uses it by default).
     exported = OnnxClassifier(bundled)
     assert exported.temperature == 1.5 and exported.class_prior is not None
     torch_model = TorchClassifier.from_checkpoint(small_checkpoint, temperature=1.5)
-    assert np.abs(exported.predict_proba(images) - torch_model.predict_proba(images)).max() < 1e-4
+    if card["chosen"]["precision"] == "fp32":
+        assert (
+            np.abs(exported.predict_proba(images) - torch_model.predict_proba(images)).max() < 1e-4
+        )
+
+    # A subset run is refused in one line, and the bundle is left as it is.
+    params["split"]["max_per_class"] = 20
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = bundled.read_bytes()
+    done = run(sys.executable, "-m", "ferlab.cli", "bundle")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: params.yaml split.max_per_class")
+    assert bundled.read_bytes() == before

@@ -29,7 +29,7 @@ def committed_plain_outputs() -> list[tuple[str, str]]:
                     if options and options.get("cache") is False:
                         plain.add(path)
     found = []
-    for name, stage in lock.items():
+    for stage in lock.values():
         for out in stage.get("outs", []):
             if out["path"] in plain and "md5" in out and not out["md5"].endswith(".dir"):
                 found.append((out["path"], out["md5"]))

@@ -60,6 +60,10 @@ def test_queued_two_by_two_sweep_gives_four_experiments_and_mlflow_runs(
         test_accuracy[exp["name"]] = metrics["study"]["test"]["accuracy"]
         assert params["split"]["max_per_class"] == 20  # the profile applied to every one
     assert len(experiments) == 4, experiments
+    # Queued experiments run in temporary copies: the committed reports and the bundled model
+    # in the workspace are left as they were.
+    changed = git(repo, "status", "--porcelain", "--", "reports", "src/ferlab/bundled")
+    assert changed.strip() == "", changed
     assert sorted(experiments.values()) == sorted(itertools.product(lrs, batches))
 
     # MLflow: the queued runs (in .dvc/tmp/exps copies) all landed in the project's store, each

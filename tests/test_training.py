@@ -357,3 +357,56 @@ def test_saved_state_from_other_settings_is_not_resumed(real_faces, tmp_path: Pa
     assert f"{resume}: saved state is for other settings; starting afresh" in lines
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert not resume.exists()
+
+
+ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {src!r})
+    from ferlab.training.run import init_distributed
+    assert init_distributed()
+    with open(os.path.join({folder!r}, f"rank{{os.environ['RANK']}}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)  # a training run that would hold a core for ten minutes
+    """
+)
+
+
+def test_killing_torchrun_stops_its_training_workers(tmp_path: Path) -> None:
+    """A killed pipeline (SIGKILL reaches torchrun, not its workers) leaves no worker behind."""
+    import signal
+    import time
+
+    script = tmp_path / "job.py"
+    script.write_text(ORPHAN_SCRIPT.format(src=str(ROOT / "src"), folder=str(tmp_path)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launcher = subprocess.Popen(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29541", str(script)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_files = [tmp_path / "rank0.pid", tmp_path / "rank1.pid"]
+    for _ in range(600):  # the workers start (up to a minute on a loaded machine)
+        if all(p.is_file() and p.read_text() for p in pid_files):
+            break
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in pid_files]
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        status = Path(f"/proc/{pid}/status")
+        return status.is_file() and "zombie" not in status.read_text()
+
+    for _ in range(300):
+        if not any(alive(pid) for pid in workers):
+            break
+        time.sleep(0.1)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"training workers {left} outlived torchrun"

@@ -230,9 +230,17 @@ def detection_section(reports: Path) -> list[str]:
 
 def training_section(reports: Path) -> list[str]:
     lines = ["## Training", ""]
-    train = _load(reports, "train.json")
-    if train is None:
+    for name, rel in TRAIN_REPORTS.items():
+        if (reports / rel).is_file():
+            lines += [f"### `{name}`", "", *_training_rows(reports, rel)]
+    if len(lines) == 2:
         return lines + _missing("train.json", "train")
+    return lines
+
+
+def _training_rows(reports: Path, rel: str) -> list[str]:
+    lines: list[str] = []
+    train = _load(reports, rel)
     known = [
         ("best_epoch", "best epoch"),
         ("epochs_run", "epochs run"),
@@ -251,7 +259,11 @@ def training_section(reports: Path) -> list[str]:
         lines.append("")
     else:
         lines += _generic(train)
-    lines += _figure(reports, "figures/training_curves.png", "training curves")
+    folder = str(Path(rel).parent)
+    figure = (
+        "figures/training_curves.png" if folder == "." else f"{folder}/figures/training_curves.png"
+    )
+    lines += _figure(reports, figure, "training curves")
     return lines
 
 
@@ -272,8 +284,40 @@ def _model_entries(metrics: Any) -> dict[str, dict[str, Any]] | None:
     return entries or None
 
 
+# Where each evaluated model's training report lives (evaluate.models names).
+TRAIN_REPORTS = {"study": "train.json", "fast": "fast/train.json"}
+
+
+def summary_table(reports: str | Path) -> list[str]:
+    """One row per evaluated model: the few numbers the README quotes (a test checks that the
+    README holds this table verbatim, so its numbers are always the committed reports')."""
+    reports = Path(reports)
+    entries = _model_entries(_load(reports, "metrics.json")) or {}
+    exports = _load(reports, "export.json") or {}
+    lines = [
+        "| model | FER+ reference (PrivateTest) | clean test | clean test, balanced | "
+        "plurality test | epochs | training (CPU min) | ms a face (ONNX, 1 thread) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in entries.items():
+        train = _load(reports, TRAIN_REPORTS.get(name, f"{name}/train.json")) or {}
+        speed = (exports.get(name) or {}).get("ms_per_face_1_thread") or {}
+        ms = f"{speed['fp32']:.2f}" if "fp32" in speed else "–"
+        minutes = train.get("train_minutes")
+        lines.append(
+            f"| `{name}`: {m.get('model', '?')} | {_pct(m['reference_private']['accuracy'])}% | "
+            f"{_pct(m['clean_test']['accuracy'])}% | "
+            f"{_pct(m['clean_test']['balanced_accuracy'])}% | {_pct(m['test']['accuracy'])}% | "
+            f"{train.get('epochs_run', '–')} | "
+            f"{f'{minutes:.0f}' if isinstance(minutes, int | float) else '–'} | {ms} |"
+        )
+    return lines
+
+
 def headline_section(reports: Path) -> list[str]:
     lines = ["## Headline results", ""]
+    if _model_entries(_load(reports, "metrics.json")):
+        lines += [*summary_table(reports), ""]
     metrics = _load(reports, "metrics.json")
     if metrics is None:
         return lines + _missing("metrics.json", "evaluate")
