@@ -323,6 +323,7 @@ def _loop(
     stop: StopRequest,
 ) -> StreamResult:
     pipeline.reset()
+    timing = pipeline.timing  # decode, draw and write are timed here, the rest in the pipeline
     start = last_log = time.perf_counter()
     index = faces = 0
     fps: float | None = None
@@ -333,7 +334,9 @@ def _loop(
             if stop.signal is not None:
                 ended = stop.signal
                 break
+            read_at = time.perf_counter()
             frame = source.read()
+            timing.add("decode", time.perf_counter() - read_at)
             if frame is None:
                 ended = "no frame"
                 break
@@ -346,9 +349,12 @@ def _loop(
             previous = now
             time_s = now - start if source.is_camera else index / source.fps
             annotated = draw_overlay(frame, results, fps)
+            drawn_at = time.perf_counter()
+            timing.add("draw", drawn_at - now)
             keep_going = True
             for sink in sinks:
                 keep_going = sink.write(index, time_s, results, annotated) and keep_going
+            timing.add("write", time.perf_counter() - drawn_at)
             index += 1
             faces += len(results)
             if now - last_log >= log_every_s:
