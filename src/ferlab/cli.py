@@ -316,6 +316,9 @@ def video(
     smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
     max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
     threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
+    profile: str | None = typer.Option(
+        None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
+    ),
 ) -> None:
     """Annotate a video file: boxes, labels, FPS, and a per-frame CSV timeline.
 
@@ -328,7 +331,9 @@ def video(
         raise _fail("nothing to write: give --out annotated.mp4 and/or --csv timeline.csv")
     with _one_line_errors():
         check_outputs(source, out, csv)  # before the model loads: fail fast
-        pipeline = _pipeline(model, threads, threshold=threshold, smoothing=smoothing)
+        pipeline = _pipeline(
+            model, threads, threshold=threshold, smoothing=smoothing, profile=profile
+        )
         result = annotate_video(source, pipeline, out, csv, max_frames=max_frames, log=typer.echo)
     if not result.complete:
         raise _fail(result.message)
@@ -350,6 +355,9 @@ def camera(
     smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
     max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
     threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
+    profile: str | None = typer.Option(
+        None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
+    ),
 ) -> None:
     """Live expression recognition from a camera: a window, an MJPEG stream or a video file.
 
@@ -360,7 +368,9 @@ def camera(
 
     with _one_line_errors():
         check_outputs(device, out, csv)  # before the model loads: fail fast
-        pipeline = _pipeline(model, threads, threshold=threshold, smoothing=smoothing)
+        pipeline = _pipeline(
+            model, threads, threshold=threshold, smoothing=smoothing, profile=profile
+        )
         result = run_camera(device, pipeline, mode, port, out, csv, max_frames, log=typer.echo)
     if not result.complete:
         raise _fail(result.message)
