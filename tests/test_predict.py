@@ -186,3 +186,23 @@ def test_predict_csv_has_lf_line_endings_and_full_rows(real_faces, tmp_path) -> 
     assert len(pd.read_csv(out).columns) == 8 + len(CLASSES)
     body = csv_rows_lf_and_full(out)
     assert {row[6] for row in body} >= {NO_FACE, UNREADABLE}  # both padded to the header
+
+
+def test_predict_tau_applies_the_prior_corrected_decision(real_faces, checkpoint, tmp_path):
+    """--tau divides out the training prior: with a prior dominated by happiness, fewer faces
+    are called happy; τ = 0 is the plain argmax."""
+    images, labels = real_faces
+    write_faces(images, labels, tmp_path / "faces")
+    prior = [0.01] * len(CLASSES)
+    prior[CLASSES.index("happiness")] = 1 - 0.01 * (len(CLASSES) - 1)
+    model = tmp_path / "skewed.onnx"
+    export_onnx(checkpoint, model, class_prior=prior)
+
+    def happy_count(tau: float) -> int:
+        out = tmp_path / f"tau{tau}.csv"
+        args = ["predict", str(tmp_path / "faces"), "--no-detect", "--model", str(model)]
+        done = runner.invoke(app, [*args, "--out", str(out), "--tau", str(tau)])
+        assert done.exit_code == 0, done.output
+        return int((pd.read_csv(out)["label"] == "happiness").sum())
+
+    assert happy_count(2.0) < happy_count(0.0)

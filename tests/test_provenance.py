@@ -78,3 +78,47 @@ def test_imports_point_down_the_layers() -> None:
             if named and layer_of(node.module) > own:
                 upward.append(f"{module} imports {node.module}")
     assert not upward, upward
+
+
+def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
+    """`dvc status`: for each stage, the params.yaml keys it reads that changed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    changed: dict[str, set[str]] = {}
+    for stage, entries in json.loads(done.stdout or "{}").items():
+        for entry in entries:
+            params = (entry.get("changed params") or {}) if isinstance(entry, dict) else {}
+            keys = set(params.get("params.yaml") or {})
+            if keys:
+                changed[stage.split(":")[-1]] = keys
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "stages"),
+    [
+        (("evaluate", "tta_flip"), False, {"evaluate"}),
+        (("fast", "train", "epochs"), 99, {"train_fast"}),
+        (("study_resize", "max_images"), 7, {"study_resize"}),
+    ],
+)
+def test_editing_a_knob_reruns_only_the_stages_that_read_it(
+    tmp_path: Path, key: tuple[str, ...], value: object, stages: set[str]
+) -> None:
+    from test_pipeline_e2e import project_copy
+
+    repo = project_copy(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    for part in key[:-1]:
+        node = node[part]
+    node[key[-1]] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(stages_with_changed_params(repo)) == stages

@@ -230,13 +230,19 @@ def evaluate(
     )
 
 
-def _pipeline(model: str | None, threads: int, **overrides: object):
+TAU_HELP = (
+    "Prior-corrected decision: logits − τ·log(training class prior) (τ = 1 trades accuracy for "
+    "balanced accuracy: rare expressions are answered more often; see reports/study.md)."
+)
+
+
+def _pipeline(model: str | None, threads: int, tau: float = 0.0, **overrides: object):
     """The per-frame pipeline with params.yaml's realtime settings (when run in the project)."""
     from ferlab.inference import load_classifier
     from ferlab.realtime import FramePipeline, RealtimeSettings
 
     settings = RealtimeSettings.load(**overrides)
-    return FramePipeline(load_classifier(model, threads=threads), settings)
+    return FramePipeline(load_classifier(model, threads=threads, logit_adjust_tau=tau), settings)
 
 
 MODEL_HELP = "A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
@@ -261,6 +267,7 @@ def predict(
     threshold: float = typer.Option(
         0.0, help='Label "not detected" below this top probability (0: always the top class).'
     ),
+    tau: float = typer.Option(0.0, help=TAU_HELP),
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -277,7 +284,7 @@ def predict(
     target = _file_in_folder(out, "predictions.csv")
     with _one_line_errors():
         settings = RealtimeSettings.load()
-        classifier = load_classifier(model)
+        classifier = load_classifier(model, logit_adjust_tau=tau)
         detector = None if no_detect else FaceDetector(score_threshold=settings.detect_score)
         summary = predict_images(
             paths,
@@ -319,6 +326,7 @@ def video(
     profile: str | None = typer.Option(
         None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
     ),
+    tau: float = typer.Option(0.0, help=TAU_HELP),
 ) -> None:
     """Annotate a video file: boxes, labels, FPS, and a per-frame CSV timeline.
 
@@ -332,7 +340,7 @@ def video(
     with _one_line_errors():
         check_outputs(source, out, csv)  # before the model loads: fail fast
         pipeline = _pipeline(
-            model, threads, threshold=threshold, smoothing=smoothing, profile=profile
+            model, threads, tau, threshold=threshold, smoothing=smoothing, profile=profile
         )
         result = annotate_video(source, pipeline, out, csv, max_frames=max_frames, log=typer.echo)
     if not result.complete:
@@ -358,6 +366,7 @@ def camera(
     profile: str | None = typer.Option(
         None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
     ),
+    tau: float = typer.Option(0.0, help=TAU_HELP),
 ) -> None:
     """Live expression recognition from a camera: a window, an MJPEG stream or a video file.
 
@@ -369,7 +378,7 @@ def camera(
     with _one_line_errors():
         check_outputs(device, out, csv)  # before the model loads: fail fast
         pipeline = _pipeline(
-            model, threads, threshold=threshold, smoothing=smoothing, profile=profile
+            model, threads, tau, threshold=threshold, smoothing=smoothing, profile=profile
         )
         result = run_camera(device, pipeline, mode, port, out, csv, max_frames, log=typer.echo)
     if not result.complete:

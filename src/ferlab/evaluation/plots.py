@@ -1,39 +1,14 @@
-"""Figures for reports: training curves and confusion matrices (matplotlib, no display)."""
+"""Figures for evaluation reports: confusion matrices, reliability diagrams (no display)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ferlab.classes import CLASSES
-from ferlab.io import atomic_path
-
-
-def save_figure(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
-def training_curves(history: Sequence[dict[str, float]], path: str | Path) -> None:
-    """Loss and accuracy per epoch, train and validation."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    epochs = [row["epoch"] for row in history]
-    for key, style in (("train", "-o"), ("val", "-s")):
-        ax_loss.plot(epochs, [row[f"{key}_loss"] for row in history], style, label=key, ms=3)
-        ax_acc.plot(epochs, [row[f"{key}_accuracy"] for row in history], style, label=key, ms=3)
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="accuracy", xlabel="epoch")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save_figure(fig, path)
+from ferlab.figures import plt, save_figure
 
 
 def confusion_figure(
