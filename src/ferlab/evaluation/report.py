@@ -296,7 +296,7 @@ def summary_table(reports: str | Path) -> list[str]:
     exports = _load(reports, "export.json") or {}
     lines = [
         "| model | FER+ reference (PrivateTest) | clean test | clean test, balanced | "
-        "plurality test | epochs | training (CPU min) | ms a face (ONNX, 1 thread) |",
+        "plurality test | epochs | training (min, 2 cores) | ms a face (ONNX, 1 thread) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in entries.items():
