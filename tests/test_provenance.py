@@ -94,8 +94,12 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
     changed: dict[str, set[str]] = {}
     for stage, entries in json.loads(done.stdout or "{}").items():
         for entry in entries:
-            params = (entry.get("changed params") or {}) if isinstance(entry, dict) else {}
-            keys = set(params.get("params.yaml") or {})
+            if not isinstance(entry, dict):
+                continue
+            # DVC lists changed params among the changed deps, under the params file.
+            deps = entry.get("changed deps") or {}
+            params = deps.get("params.yaml") if isinstance(deps, dict) else None
+            keys = set(params) if isinstance(params, dict) else set()
             if keys:
                 changed[stage.split(":")[-1]] = keys
     return changed
