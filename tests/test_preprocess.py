@@ -35,13 +35,14 @@ def extract(archive: Path, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(subset_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder like the repo root: params.yaml, data/raw images, data/split.csv.
+    """A project folder like the repo root: params.yaml, dvc.yaml, data/raw, data/split.csv.
 
     Real faces (40 per class and split), a quarter of the train rows moved to val, plus a blank
     and a noise image that must take the fallback path.
     """
     folder = tmp_path_factory.mktemp("project")
     shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")  # which params the stage logs
     raw = folder / "data" / "raw"
     raw.mkdir(parents=True)
     extract(subset_zip, raw)

@@ -22,5 +22,5 @@ def test_readme_summary_is_the_table_the_reports_give() -> None:
     assert readme_block() == expected, (
         "README.md's summary disagrees with reports/: paste "
         "`python -c 'from ferlab.evaluation.report import summary_table as t; "
-        "print(*t(\"reports\"), sep=chr(10))'` between the summary markers"
+        'print(*t("reports"), sep=chr(10))\'` between the summary markers'
     )

@@ -74,7 +74,11 @@ def test_report_uses_the_reports_that_exist(real_faces, tmp_path: Path) -> None:
     headline_at = text.index("## Headline results")
     assert headline_at < text.index("## Dataset")
     table = text[headline_at : text.index("## Dataset")]
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    # First the one-line-per-model summary the README embeds, then each model's protocols.
+    summary = table[: table.index("### `ddamfn`")]
+    assert "| `ddamfn`: ddamfn | 75.00% |" in summary
+    per_model = table[table.index("### `ddamfn`") :]
+    rows = [line for line in per_model.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| clean test (no copy in train) | 84 | ")
     assert rows[2].startswith("| FER+ PrivateTest, reference majority protocol | 40 | ")
     assert "FER+ PublicTest" in rows[3] and "not scored" in rows[3]

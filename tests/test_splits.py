@@ -152,8 +152,10 @@ def test_download_validate_split_under_dvc(tmp_path: Path, subset_zip: Path) -> 
     for rel in ("stages/download.py", "stages/validate.py", "stages/split.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
-    shutil.copytree(ROOT / "src/ferlab/data", tmp_path / "src/ferlab/data")
-    shutil.copytree(ROOT / "src/ferlab/expectations", tmp_path / "src/ferlab/expectations")
+    # The whole package: dvc.yaml's deps name the shared modules these stages import.
+    shutil.copytree(
+        ROOT / "src/ferlab", tmp_path / "src/ferlab", ignore=shutil.ignore_patterns("__pycache__")
+    )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source=str(subset_zip), local_copies=[])
     params["validate"]["min_per_class"] = {"train": 20, "test": 20}

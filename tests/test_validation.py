@@ -34,8 +34,9 @@ def subset_params() -> dict:
 
 @pytest.fixture
 def project(tmp_path: Path, subset_zip: Path) -> Path:
-    """A project folder whose data/raw holds the real 40-per-class subset."""
+    """A project folder whose data/raw holds the real 40-per-class subset, and dvc.yaml."""
     prepare_raw(str(subset_zip), target=tmp_path / "data/raw")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")  # which params the stage logs
     return tmp_path
 
 
