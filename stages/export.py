@@ -54,9 +54,7 @@ def main() -> None:
             report[name] = entry
             print(f"export: {name}: {entry['ms_per_face_1_thread']} ms a face (batch 1, 1 thread)")
         write_json("reports/export.json", report)
-        tracking.log_metrics(
-            {k: v for k, v in flatten(report).items() if ".model." not in f".{k}"}
-        )
+        tracking.log_metrics({k: v for k, v in flatten(report).items() if ".model." not in f".{k}"})
         tracking.log_artifacts("reports/export.json")
         for name in models:
             version = tracking.log_and_register_model(OUT_DIR / f"{name}.onnx")

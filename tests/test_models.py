@@ -8,12 +8,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ferlab.checkpoint import load_model, save_checkpoint
 from ferlab.evaluation.attention_maps import DPI, PANEL_INCHES, attention_figure
 from ferlab.inference import to_tensor
 from ferlab.models import build_model, model_names, model_options, register
 from ferlab.training.losses import total_loss
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE_PARAMS = 4_187_936  # DDAMFN, 2 heads, 8 classes, 112×112 (reference implementation)
 FINAL_MAP = {48: 6, 64: 8, 112: 7}
@@ -84,6 +87,23 @@ def test_model_sizes() -> None:
     assert 100_000 <= n_params(build_model("sepnet", input_size=48)) <= 400_000
 
 
+def test_live_model_as_configured_fits_the_live_budget() -> None:
+    """The fast model params.yaml trains has under 2 MB of fp32 weights (the bundled model's
+    size limit) and classifies 48×48 faces."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    name = params["fast"]["model"]
+    model = build_model(name, input_size=params["fast"]["input_size"], **params["model"][name])
+    assert 4 * n_params(model) < 2_000_000
+    assert model.eval()(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
+
+
+def test_sepnet_stride_two_stem_halves_the_first_map() -> None:
+    for stride, side in ((1, 48), (2, 24)):
+        model = build_model("sepnet", input_size=48, stem_stride=stride).eval()
+        assert model.features[:3](torch.zeros(1, 1, 48, 48)).shape[-2:] == (side, side)
+        assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 8)
+
+
 def test_fused_mixconv_equals_the_split_groups() -> None:
     """One depthwise conv with zero-padded kernels computes what the per-group convs do."""
     from ferlab.models.mfn import MixDepthwise
@@ -132,6 +152,7 @@ def test_residual_blocks_start_as_the_identity() -> None:
         ("ddamfn", {"heads": 0}, "heads=0 must be an integer"),
         ("ddamfn", {"dropout": 1.5}, "dropout=1.5"),
         ("ddamfn", {"width": 0}, "width=0"),
+        ("sepnet", {"stem_stride": 4}, "stem_stride=4 must be 1 or 2"),
     ],
 )
 def test_build_model_rejects_bad_settings(name: str, hparams: dict, message: str) -> None:

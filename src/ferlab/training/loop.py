@@ -13,6 +13,7 @@ machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -281,7 +282,7 @@ def predict_logits_on_device(
     out = []
     for start in range(0, len(images), batch_size):
         x = faces_to_input(images[start : start + batch_size], input_size)
-        with autocast if autocast is not None else _nullcontext():
+        with autocast if autocast is not None else contextlib.nullcontext():
             logits = model(x).float()
             if tta_flip:
                 logits = (logits + model(x.flip(3)).float()) / 2
@@ -289,14 +290,6 @@ def predict_logits_on_device(
     if not out:
         return torch.zeros((0, NUM_CLASSES), device=images.device)
     return torch.cat(out)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _gather_val_logits(
@@ -489,7 +482,7 @@ def fit(
             target = targets[idx]
             if config.mixup_alpha > 0:
                 x, target = mixup(x, target, config.mixup_alpha, generator)
-            with autocast if autocast is not None else _nullcontext():
+            with autocast if autocast is not None else contextlib.nullcontext():
                 logits, heads = train_view(x)
             loss = total_loss(
                 logits.float(),
