@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ def test_runs_are_named_apart_and_the_experiment_opens_on_runs(project: dict) ->
         tracking.log_metrics({"study.test.accuracy": 0.5, "note": "skipped"})
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     found = client.get_run(run.info.run_id)
+    # Not a git checkout: no committed params to compare with, so a short params hash.
     assert found.info.run_name.startswith("train · exp-lr001 · ")
     assert found.data.params == {
         "seed": "3",
@@ -70,3 +72,19 @@ def test_a_stage_that_fails_ends_its_run_failed(project: dict) -> None:
         raise RuntimeError("boom")
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_run_names_carry_the_params_that_differ_from_the_commit(project: dict) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True)
+
+    git("init", "-q")
+    git("add", "dvc.yaml", "params.yaml")
+    git("commit", "-qm", "main")
+    assert tracking.changed_params("train", project) == {}
+    changed = {**project, "train": {"lr": 0.001, "epochs": 9}}  # epochs: not train's param
+    Path("params.yaml").write_text(yaml.safe_dump(changed))
+    assert tracking.changed_params("train", changed) == {"train.lr": 0.001}
+    assert tracking.run_name("train", {"train.lr": 0.001}) == "train · exp-lr001 · train.lr=0.001"
+    long = tracking.run_name("train", {f"k{i}": "x" * 20 for i in range(20)})
+    assert len(long) == 240 and long.endswith("…")

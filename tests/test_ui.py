@@ -114,3 +114,88 @@ def test_stopping_ferlab_ui_stops_its_server(tmp_path: Path, signum: int) -> Non
     assert "MLflow UI stopped" in output
     assert not port_open(port)
     assert left == set(), "server processes outlived ferlab ui (killed now)"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True
+    )
+
+
+def _rest(port: int, endpoint: str, body: dict | None = None) -> dict:
+    import json
+
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/{endpoint}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_compare_view_through_the_rest_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two evaluate runs, main and a DVC experiment, as `ferlab ui` serves them: the experiment
+    opens on the training view, run names tell them apart by the param that differs, and both
+    carry the study's headline metrics (the committed reports/metrics.json, flattened as the
+    evaluate stage logs it)."""
+    import json
+
+    import yaml
+
+    from ferlab import tracking
+    from ferlab.config import flatten
+
+    dvc_yaml = {"stages": {"evaluate": {"cmd": "true", "params": ["seed", "evaluate"]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    params = {"seed": 0, "evaluate": {"batch_size": 256, "tta_flip": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "dvc.yaml", "params.yaml")
+    _git(tmp_path, "commit", "-qm", "main")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    headline = flatten(json.loads((ROOT / "reports/metrics.json").read_text()))
+    headline = {k: v for k, v in headline.items() if isinstance(v, float)}
+    with tracking.stage_run("evaluate", params):
+        tracking.log_metrics(headline)
+    experiment = {**params, "evaluate": {**params["evaluate"], "tta_flip": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(experiment))  # as `dvc exp run -S`
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-notta")
+    with tracking.stage_run("evaluate", experiment):
+        tracking.log_metrics({k: v - 0.01 for k, v in headline.items()})
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferlab.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not answers_http(port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert answers_http(port), "the MLflow UI did not answer within 300 s"
+        found = _rest(port, "experiments/get-by-name?experiment_name=ferlab")["experiment"]
+        tags = {t["key"]: t["value"] for t in found.get("tags", [])}
+        assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+        runs = _rest(port, "runs/search", {"experiment_ids": [found["experiment_id"]]})["runs"]
+        names = sorted(r["info"]["run_name"] for r in runs)
+        assert len(names) == 2 and len(set(names)) == 2
+        assert names[1] == "evaluate · exp-notta · evaluate.tta_flip=False"
+        assert names[0].startswith("evaluate · ") and "tta_flip" not in names[0]
+        key = "fast.reference_private.accuracy"
+        for run in runs:
+            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+            assert set(headline) <= set(metrics)
+            assert key in metrics and 0.1 < metrics[key] < 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

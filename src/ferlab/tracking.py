@@ -69,11 +69,42 @@ def stage_params(stage: str, params: dict[str, Any], dvc_yaml: str | Path = "dvc
     return chosen
 
 
-def run_name(stage: str) -> str:
-    """`train · exp-1a2b3 · 4f5e6d` (stage, DVC experiment or commit, params hash): runs of one
-    stage can be told apart in the MLflow UI's run list without opening them."""
+def committed_params(path: str | Path = PARAMS_FILE) -> dict[str, Any] | None:
+    """params.yaml as committed at HEAD (a DVC experiment's baseline); None outside git."""
+    import yaml
+
+    try:
+        out = subprocess.run(
+            ["git", "show", f"HEAD:{Path(path).as_posix()}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    loaded = yaml.safe_load(out.stdout)
+    return loaded if isinstance(loaded, dict) else None
+
+
+def changed_params(stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The stage's declared params whose value differs from the committed params.yaml: what
+    sets this run apart from main (e.g. the `-S` overrides of `dvc exp run`)."""
+    base = committed_params()
+    if base is None:
+        return {}
+    mine, theirs = stage_params(stage, params), stage_params(stage, base)
+    return {k: v for k, v in mine.items() if theirs.get(k, object()) != v}
+
+
+def run_name(stage: str, changed: dict[str, Any] | None = None) -> str:
+    """`train · exp-1a2b3 · train.lr=0.01` (stage, DVC experiment or commit, the params that
+    differ from the commit, else a short params hash): runs can be told apart in the MLflow
+    UI's run list without opening them."""
     source = os.environ.get("DVC_EXP_NAME") or git_commit()[:7]
-    return f"{stage} · {source} · {params_hash()[:6]}"
+    detail = ", ".join(f"{k}={v}" for k, v in (changed or {}).items()) or params_hash()[:6]
+    name = f"{stage} · {source} · {detail}"
+    return name if len(name) <= 240 else name[:239] + "…"  # MLflow caps run names
 
 
 @contextmanager
@@ -104,7 +135,8 @@ def stage_run(
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     logged = stage_params(stage, params)
-    with mlflow.start_run(run_name=run_name(label or stage), tags=tags) as run:
+    name = run_name(label or stage, changed_params(stage, params))
+    with mlflow.start_run(run_name=name, tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in logged.items()}
         if flat:
             mlflow.log_params(flat)
