@@ -19,21 +19,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+SEPNET_LIVE = {"stem_stride": 2, "width": 1.375}  # model.sepnet as committed
 CASES = [
-    # (model, input size, precision, memory format, mixconv)
-    ("sepnet", 48, "fp32", "channels_last", "fused"),
-    ("sepnet", 48, "fp32", "contiguous", "fused"),
-    ("sepnet", 48, "bf16", "channels_last", "fused"),
-    ("baseline", 48, "fp32", "channels_last", "fused"),
-    ("baseline", 48, "bf16", "channels_last", "fused"),
-    ("ddamfn", 48, "fp32", "channels_last", "split"),
-    ("ddamfn", 48, "fp32", "channels_last", "fused"),
-    ("ddamfn", 48, "fp32", "contiguous", "split"),
-    ("ddamfn", 48, "bf16", "channels_last", "fused"),
-    ("ddamfn", 112, "fp32", "channels_last", "split"),
-    ("ddamfn", 112, "fp32", "channels_last", "fused"),
+    # (model, input size, precision, memory format, MixConv, model options)
+    ("sepnet", 48, "fp32", "channels_last", "-", SEPNET_LIVE),
+    ("sepnet", 48, "fp32", "channels_last", "-", {}),  # the original: stride-1 stem, width 1
+    ("sepnet", 48, "fp32", "contiguous", "-", {}),
+    ("sepnet", 48, "bf16", "channels_last", "-", SEPNET_LIVE),
+    ("baseline", 48, "fp32", "channels_last", "-", {}),
+    ("baseline", 48, "bf16", "channels_last", "-", {}),
+    ("ddamfn", 48, "fp32", "channels_last", "split", {}),
+    ("ddamfn", 48, "fp32", "channels_last", "fused", {}),
+    ("ddamfn", 48, "fp32", "contiguous", "split", {}),
+    ("ddamfn", 48, "bf16", "channels_last", "split", {}),
+    ("ddamfn", 112, "fp32", "channels_last", "split", {}),
+    ("ddamfn", 112, "fp32", "channels_last", "fused", {}),
 ]
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels here (AVX-512 BF16 / AMX); without them bf16 autocast
+    is emulated and several times slower than fp32, so those cases are not worth timing."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
 
 WORKER = r"""
 import sys, time, json, torch
@@ -44,7 +55,7 @@ from ferlab.models.mfn import MixDepthwise
 from ferlab.training.augment import augment_batch
 from ferlab.training.losses import total_loss
 torch.manual_seed(0)
-model = build_model({model!r}, input_size={size})
+model = build_model({model!r}, input_size={size}, **{options!r})
 for m in model.modules():
     if isinstance(m, MixDepthwise):
         m.fused = {fused}
@@ -75,8 +86,9 @@ print(json.dumps({{"images_per_s": {steps} * {batch} / (time.perf_counter() - t)
 
 
 def run_case(case: tuple, threads: int, steps: int, batch: int) -> float:
-    model, size, precision, fmt, mixconv = case
+    model, size, precision, fmt, mixconv, options = case
     code = WORKER.format(
+        options=options,
         src=str(ROOT / "src"),
         threads=threads,
         model=model,
@@ -101,6 +113,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -111,11 +127,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_train"))
     args = parser.parse_args()
     cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
-    rates: dict[tuple, list[float]] = {c: [] for c in cases}
+    bf16 = native_bf16()
+    if not bf16:
+        cases = [c for c in cases if c[2] != "bf16"]
+    rates: list[list[float]] = [[] for _ in cases]
     for r in range(args.rounds):
-        for case in cases:
-            rates[case].append(run_case(case, args.threads, args.steps, args.batch))
-            print(f"round {r + 1} {case}: {rates[case][-1]:.1f} img/s", flush=True)
+        for i, case in enumerate(cases):
+            rates[i].append(run_case(case, args.threads, args.steps, args.batch))
+            print(f"round {r + 1} {case}: {rates[i][-1]:.1f} img/s", flush=True)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     rows = [
@@ -124,14 +143,20 @@ def main() -> None:
             "input_size": c[1],
             "precision": c[2],
             "memory_format": c[3],
-            "mixconv": c[4] if c[0] == "ddamfn" else "-",
+            "mixconv": c[4],
+            "options": c[5],
             "images_per_s": sorted(v)[len(v) // 2],
             "rounds": v,
         }
-        for c, v in rates.items()
+        for c, v in zip(cases, rates, strict=True)
     ]
     report = {
-        "machine": {"cpu": cpu_name(), "threads": args.threads, "load_average_after": load},
+        "machine": {
+            "cpu": cpu_name(),
+            "threads": args.threads,
+            "native_bf16": bf16,
+            "load_average_after": load,
+        },
         "batch": args.batch,
         "steps": args.steps,
         "rows": rows,
@@ -143,14 +168,19 @@ def main() -> None:
         f"# Training throughput ({cpu_name()}, {args.threads} thread(s), batch {args.batch})",
         "",
         f"Median of {args.rounds} interleaved rounds of {args.steps} steps; load average after: "
-        f"{' '.join(load)}. `python benchmarks/bench_train.py`",
+        f"{' '.join(load)}. `python benchmarks/bench_train.py`. A step is the loop's: batch "
+        "augmentation, forward, loss, backward, AdamW.",
         "",
-        "| model | input | precision | memory format | MixConv | images/s |",
-        "|---|---|---|---|---|---|",
+    ]
+    if not bf16:
+        lines += ["No native bf16 on this CPU (oneDNN reports none): bf16 cases not timed.", ""]
+    lines += [
+        "| model | options | input | precision | memory format | MixConv | images/s |",
+        "|---|---|---|---|---|---|---:|",
     ]
     lines += [
-        f"| {r['model']} | {r['input_size']} | {r['precision']} | {r['memory_format']} | "
-        f"{r['mixconv']} | {r['images_per_s']:.1f} |"
+        f"| {r['model']} | {_options(r['options'])} | {r['input_size']} | {r['precision']} | "
+        f"{r['memory_format']} | {r['mixconv']} | {r['images_per_s']:.1f} |"
         for r in rows
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
