@@ -1,0 +1,77 @@
+"""scripts/ablation.py: its experiments change only the live model, and its table reads DVC's."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "scripts/ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> None:
+    """Applied as DVC applies `-S`, every ablation changes params the study's train stage does
+    not read (so DVC never retrains DDAMFN for it), and each changes what it says."""
+    from dvc.utils.hydra import apply_overrides
+
+    ablation = load_script()
+    study = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, _, overrides in ablation.ABLATIONS:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text((ROOT / "params.yaml").read_text())
+        apply_overrides(str(path), ["fast.train.epochs=3", "~evaluate.models.study", *overrides])
+        changed = yaml.safe_load(path.read_text())
+        for key in study:
+            old, new = base, changed
+            for part in str(key).split("."):
+                old, new = old.get(part), new.get(part)
+            assert old == new, (name, key)
+        assert changed["evaluate"]["models"] == {"fast": "models/fast.pt"}
+        assert changed["fast"]["train"]["epochs"] == 3
+        if name == "labels":
+            assert changed["fast"]["train"]["targets"] == "labels"
+        if name == "no-tta":
+            assert changed["evaluate"]["tta_flip"] is False
+
+
+def test_table_rows_come_from_the_experiments_metrics() -> None:
+    ablation = load_script()
+    metrics = {
+        "reports/metrics.json": {
+            "fast": {
+                "reference_private": {"accuracy": 0.8123},
+                "clean_test": {
+                    "accuracy": 0.77,
+                    "balanced_accuracy": 0.5,
+                    "prior_corrected_balanced_accuracy": 0.6,
+                },
+            }
+        },
+        "reports/fast/train.json": {"train_minutes": 4.25, "epochs_run": 3},
+    }
+    row = ablation.row("recipe", "recipe as committed", metrics)
+    assert row["reference"] == 0.8123 and row["epochs"] == 3
+    text = ablation.table([row], 3, "a CPU")
+    assert "| recipe as committed | 81.23 | 77.00 | 50.00 | 60.00 | 4.2 |" in text
+    empty = ablation.table([ablation.row("x", "failed run", {})], 3, "a CPU")
+    assert "| failed run | – | – | – | – | – |" in empty
+
+
+def test_unknown_ablation_is_refused_before_any_experiment() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/ablation.py"), "--only", "nonsense"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "--only from recipe, labels" in done.stderr
