@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,19 +73,16 @@ def cmdline(pid: int) -> list[str]:
         return []  # ended meanwhile
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table")
-def test_ctrl_c_of_ferlab_ui_stops_its_server(tmp_path: Path) -> None:
-    """Ctrl+C (SIGINT); `kill` (SIGTERM) is checked by the REST test below, the same way."""
-    signum = signal.SIGINT
+def serve_and_stop(
+    folder: Path, store: str, signum: int, check: Callable[[int, set[int]], None]
+) -> None:
+    """Start `ferlab ui` on a free port, run `check(port, server pids)` while it answers, then
+    stop it with `signum` and assert all of it stopped: exit 0, port closed, no process left."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MLFLOW_TRACKING_URI": store}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ferlab.cli", "ui", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -99,9 +97,7 @@ def test_ctrl_c_of_ferlab_ui_stops_its_server(tmp_path: Path) -> None:
         assert answers_http(port), "the MLflow UI did not answer within 300 s"
         children = descendants(proc.pid)
         assert children, "ferlab ui started no server process"
-        # Bound to loopback: the server was told 127.0.0.1, as --host defaults to.
-        servers = [cmdline(p) for p in children if "mlflow" in cmdline(p)]
-        assert any(c[c.index("--host") + 1] == "127.0.0.1" for c in servers if "--host" in c)
+        check(port, children)
         proc.send_signal(signum)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -115,6 +111,20 @@ def test_ctrl_c_of_ferlab_ui_stops_its_server(tmp_path: Path) -> None:
     assert "MLflow UI stopped" in output
     assert not port_open(port)
     assert left == set(), "server processes outlived ferlab ui (killed now)"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table")
+def test_ctrl_c_of_ferlab_ui_stops_its_server(tmp_path: Path) -> None:
+    """Ctrl+C (SIGINT) stops the server; `kill` (SIGTERM) is checked by the REST test below."""
+
+    def bound_to_loopback(port: int, children: set[int]) -> None:
+        # The server was told 127.0.0.1, as --host defaults to.
+        servers = [cmdline(p) for p in children if "mlflow" in cmdline(p)]
+        assert any(c[c.index("--host") + 1] == "127.0.0.1" for c in servers if "--host" in c)
+
+    serve_and_stop(
+        tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", signal.SIGINT, bound_to_loopback
+    )
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -166,45 +176,20 @@ def test_compare_view_through_the_rest_api(tmp_path: Path, monkeypatch: pytest.M
     with tracking.stage_run("evaluate", experiment):
         tracking.log_metrics({k: v - 0.01 for k, v in headline.items()})
 
-    port = free_port()
-    children: set[int] = set()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferlab.cli", "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not answers_http(port) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert answers_http(port), "the MLflow UI did not answer within 300 s"
+    def compare(port: int, children: set[int]) -> None:
         found = _rest(port, "experiments/get-by-name?experiment_name=ferlab")["experiment"]
         tags = {t["key"]: t["value"] for t in found.get("tags", [])}
         assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
         runs = _rest(port, "runs/search", {"experiment_ids": [found["experiment_id"]]})["runs"]
-        names = sorted(r["info"]["run_name"] for r in runs)
-        assert len(names) == 2 and len(set(names)) == 2
-        assert names[1] == "evaluate · exp-notta · evaluate.tta_flip=False"
-        assert names[0].startswith("evaluate · ") and "tta_flip" not in names[0]
+        names = {r["info"]["run_name"] for r in runs}
+        assert len(runs) == 2 and len(names) == 2
+        assert "evaluate · exp-notta · evaluate.tta_flip=False" in names
+        (main,) = names - {"evaluate · exp-notta · evaluate.tta_flip=False"}
+        assert main.startswith("evaluate · ") and "tta_flip" not in main  # commit, params hash
         key = "fast.reference_private.accuracy"
         for run in runs:
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
             assert set(headline) <= set(metrics)
             assert key in metrics and 0.1 < metrics[key] < 1
-        children = descendants(proc.pid)
-        proc.send_signal(signal.SIGTERM)  # `kill`: the server and its workers go with it
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = running(children)
-        for pid in left:  # a failed run must not leave a server behind on the machine
-            os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == 0 and "MLflow UI stopped" in output, output
-    assert not port_open(port)
-    assert left == set(), "server processes outlived ferlab ui (killed now)"
+
+    serve_and_stop(tmp_path, store, signal.SIGTERM, compare)  # `kill` stops all of it
