@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 import zipfile
@@ -38,6 +37,7 @@ from ferlab.classes import CLASSES
 from ferlab.faces.detect import FaceDetector
 from ferlab.inference import bundled_model_path, load_classifier
 from ferlab.io import write_json, write_text
+from ferlab.machine import cpu_name
 from ferlab.realtime import FramePipeline, RealtimeSettings, annotate_video, iou
 from ferlab.realtime.runtime import detect_faces, sized_classifier, sized_detector
 from ferlab.realtime.video import NO_FACE
@@ -46,25 +46,6 @@ SHARED = Path(os.environ.get("FERLAB_SHARED_DATA", "../shared/data"))
 VIDEOS = ("stage_clip.mp4", "single_face.mp4")
 DETECT_SIDES = (640, 480, 400, 320)
 MATCH_IOU = 0.5  # a face counts as found again when boxes overlap this much
-
-
-def cpu_name() -> str:
-    """The CPU's model name and the logical CPUs this process may use, from /proc/cpuinfo
-    (`model name` on x86; ARM boards such as the Raspberry Pi give `Model` or `Hardware`)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    name = next(
-        (fields[k] for k in ("model name", "model", "hardware") if fields.get(k, "").strip()),
-        "unknown CPU",
-    )
-    if name.isdigit():  # x86's `model` is a number; fall back to the platform's name
-        name = platform.processor() or platform.machine()
-    return f"{name} ({RealtimeSettings().total_threads()} logical CPUs)"
 
 
 def load_average() -> float:

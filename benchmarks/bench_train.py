@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from ferlab.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SEPNET_LIVE = {"stem_stride": 2, "width": 1.375}  # model.sepnet as committed
@@ -101,16 +102,6 @@ def run_case(case: tuple, threads: int, steps: int, batch: int) -> float:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _options(options: dict) -> str:

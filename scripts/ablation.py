@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ferlab.io import write_json, write_text  # noqa: E402
+from ferlab.machine import cpu_name  # noqa: E402
 
 # (name, what changes, DVC overrides on top of the short schedule)
 ABLATIONS: list[tuple[str, str, list[str]]] = [
@@ -104,13 +105,6 @@ def table(rows: list[dict], epochs: int, cpu: str) -> str:
             f"{minutes} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def test_every_committed_report_is_the_one_dvc_lock_records() -> None:
 
 # Layers, bottom up: a module may import its own layer and those below, never above.
 LAYERS = [
-    {"classes", "config", "io", "figures", "stage", "tracking", "data", "faces"},
+    {"classes", "config", "io", "figures", "stage", "tracking", "data", "faces", "machine"},
     {"models", "checkpoint"},
     {"training", "inference"},
     {"evaluation", "export", "realtime", "age", "bundle"},
