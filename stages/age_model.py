@@ -7,7 +7,7 @@ import cv2
 from ferlab import tracking
 from ferlab.age.data import age_groups, example_sheet, load_faces
 from ferlab.age.model import train_age_model
-from ferlab.config import load_params
+from ferlab.config import data_path, load_params
 from ferlab.io import atomic_path, write_json
 from ferlab.stage import run_stage
 
@@ -21,7 +21,7 @@ def main() -> None:
     age = params["age"]
     with tracking.stage_run("age_model", params, experiment=params["mlflow"]["experiment"]):
         faces = load_faces(
-            age["source"],
+            data_path(age["source"]),
             size=int(age["size"]),
             scale=float(age["crop_scale"]),
             center_y=float(age["crop_center_y"]),

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from ferlab import tracking
-from ferlab.config import load_params
+from ferlab.config import data_path, load_params
 from ferlab.data.download import prepare_raw
 from ferlab.stage import run_stage
 
@@ -23,7 +23,7 @@ def main() -> None:
         summary = prepare_raw(
             source=data["source"],
             target="data/raw",
-            local_copies=data["local_copies"] or [],
+            local_copies=[data_path(p) for p in data["local_copies"] or []],
             sha256=data["sha256"] or "",
             max_extract_mb=float(data["max_extract_mb"]),
         )

@@ -3,7 +3,7 @@
 import sys
 
 from ferlab import tracking
-from ferlab.config import flatten, load_params
+from ferlab.config import data_path, flatten, load_params
 from ferlab.evaluation.evaluate import EvaluateSettings, evaluate_models
 from ferlab.evaluation.metrics import near_chance
 from ferlab.io import read_json
@@ -18,7 +18,7 @@ def main() -> None:
             settings,
             "data/arrays",
             "reports",
-            votes_csv=(params.get("data") or {}).get("votes"),
+            votes_csv=data_path(params["data"]["votes"]) if params["data"].get("votes") else None,
             manifest_csv="data/manifest.csv",
             leakage_json="reports/leakage.json",
         )

@@ -145,3 +145,30 @@ def test_bad_arguments_are_refused_before_queueing(tmp_path: Path) -> None:
     assert bad_jobs.returncode == 2 and "positive integer" in bad_jobs.stderr
     bad_profile = sweep(tmp_path, "--profile", "tiny", "train.lr=0.1,0.01")
     assert bad_profile.returncode == 2 and "'small' or 'full'" in bad_profile.stderr
+
+
+def test_data_outside_the_project_is_found_from_a_queued_experiments_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVC runs queued experiments in <project>/.dvc/tmp/exps/<name>/: params' ../shared/...
+    paths must still name the data beside the project, not a folder inside .dvc/tmp."""
+    from ferlab.config import data_path
+
+    votes = tmp_path / "shared" / "data" / "ferplus_votes.csv"
+    votes.parent.mkdir(parents=True)
+    votes.write_text("ferplus_split,image\n")
+    project = tmp_path / "project"
+    queued = project / ".dvc" / "tmp" / "exps" / "tmpa1b2c3"
+    queued.mkdir(parents=True)
+    relative = "../shared/data/ferplus_votes.csv"
+
+    monkeypatch.chdir(queued)
+    assert data_path(relative).resolve() == votes
+    assert data_path(votes) == votes  # absolute paths are kept
+    monkeypatch.chdir(project)
+    assert data_path(relative) == Path(relative) and data_path(relative).is_file()
+    # Outside a queued copy a missing file stays missing (the stage then says so).
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    assert not data_path(relative).exists()

@@ -121,22 +121,25 @@ def test_an_opt_in_budget_stops_after_the_epoch_it_runs_out_in(real_faces, tmp_p
 
 def test_same_seed_same_weights_however_slow_the_machine(real_faces, tmp_path: Path) -> None:
     """The schedule follows steps, not the clock: a run slowed at every step (as under load)
-    ends with bit-identical weights."""
+    ends with bit-identical weights, in a byte-identical checkpoint file (so DVC sees the same
+    hash and reruns nothing downstream)."""
     import time
 
     images, labels = real_faces
 
-    def run(name: str, after_step=None) -> dict:
+    def run(folder: str, after_step=None) -> dict:
+        # The same file name: torch.save names the archive's records after the file.
         torch.manual_seed(0)
         fit(build_tiny(), images, labels, images[:32], labels[:32],
             tiny_config(epochs=2, scheduler="cosine", ema_decay=0.9, mixup_alpha=0.2),
-            tmp_path / name, baseline_meta(), after_step=after_step)  # fmt: skip
-        return read_checkpoint(tmp_path / name)["state_dict"]
+            tmp_path / folder / "model.pt", baseline_meta(), after_step=after_step)  # fmt: skip
+        return read_checkpoint(tmp_path / folder / "model.pt")["state_dict"]
 
-    quick = run("quick.pt")
-    slowed = run("slow.pt", after_step=lambda _s: time.sleep(0.05))
+    quick = run("quick")
+    slowed = run("slow", after_step=lambda _s: time.sleep(0.05))
     for key, tensor in quick.items():
         assert torch.equal(tensor, slowed[key]), key
+    assert (tmp_path / "quick/model.pt").read_bytes() == (tmp_path / "slow/model.pt").read_bytes()
 
 
 def test_class_balance_sampler_evens_out_classes() -> None:
@@ -410,3 +413,16 @@ def test_killing_torchrun_stops_its_training_workers(tmp_path: Path) -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"training workers {left} outlived torchrun"
+
+
+def test_auto_targets_without_the_votes_file_say_so_and_use_labels(tmp_path: Path) -> None:
+    from ferlab.training.run import training_targets
+
+    labels = np.array([0, 3, 5])
+    said: list[str] = []
+    missing = tmp_path / "ferplus_votes.csv"
+    targets = training_targets({"targets": "auto"}, missing, np.array(["a", "b", "c"]), labels,
+                               said.append)  # fmt: skip
+    assert targets.dtype == np.int64 and targets.tolist() == [0, 3, 5]
+    assert len(said) == 1 and said[0].startswith("WARNING") and str(missing) in said[0]
+    assert "data.votes" in said[0] and "train.targets=labels" in said[0]

@@ -22,6 +22,22 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
+def data_path(path: str | Path) -> Path:
+    """A params.yaml path (data outside the project, such as ../shared/data) as a stage opens it.
+
+    Relative paths are relative to the project root, where stages run. DVC runs queued
+    experiments (`dvc exp run --queue`, scripts/sweep.sh) in a copy of the project at
+    .dvc/tmp/exps/<name>/; there a path that leaves the project would point into .dvc/tmp, so
+    it is resolved from the real project root instead.
+    """
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    cwd = Path.cwd().resolve()
+    in_queued_copy = [p.name for p in cwd.parents[:3]] == ["exps", "tmp", ".dvc"]
+    return cwd.parents[3] / path if in_queued_copy else path
+
+
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}: the dotted keys DVC and MLflow use."""
     flat: dict[str, Any] = {}

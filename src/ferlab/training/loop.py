@@ -322,6 +322,10 @@ def _gather_val_logits(
     return full
 
 
+# History columns that measure the machine, not the model: kept in reports, out of checkpoints.
+WALL_CLOCK_KEYS = ("seconds", "images_per_s")
+
+
 def val_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Loss, accuracy and balanced accuracy over the classes present, computed on the device."""
     loss = F.cross_entropy(logits, labels).item()
@@ -585,7 +589,12 @@ def fit(
             {
                 **meta,
                 "epoch": result.best_epoch,
-                "val_metrics": result.history[result.best_epoch - 1] if result.history else {},
+                # Scores only: the epoch's wall time would give equal weights a new file hash.
+                "val_metrics": {
+                    k: v
+                    for k, v in result.history[result.best_epoch - 1].items()
+                    if k not in WALL_CLOCK_KEYS
+                },
             },
         )
         if resume_path and resume_path.is_file():

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from ferlab import tracking
 from ferlab.classes import NUM_CLASSES
+from ferlab.config import data_path
 from ferlab.data.arrays import load_split
 from ferlab.io import atomic_path, file_sha256, write_json
 from ferlab.models import build_model
@@ -114,9 +115,14 @@ def training_targets(
     mode = train_params.get("targets", "auto")
     if mode not in ("auto", "votes", "labels"):
         raise ValueError(f"train.targets={mode!r}; choose auto, votes or labels")
-    if mode == "labels" or (mode == "auto" and not Path(votes_csv).is_file()):
+    votes_csv = data_path(votes_csv)
+    if mode == "labels" or (mode == "auto" and not votes_csv.is_file()):
         if mode == "auto":
-            log(f"{votes_csv} not found: training on the plurality labels (train.targets=auto)")
+            log(
+                f"WARNING: {votes_csv} not found, so this run trains on the plurality labels "
+                "(train.targets=auto); set data.votes to ferplus_votes.csv for vote "
+                "distributions, or train.targets=labels to choose labels"
+            )
         return labels.astype(np.int64)
     from ferlab.data.votes import vote_distributions
 
