@@ -246,8 +246,26 @@ def _pipeline(model: str | None, threads: int, tau: float = 0.0, **overrides: ob
 
 
 MODEL_HELP = "A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
-VIDEO_OUT_HELP = "Annotated video to write (.mp4); an existing folder is refused."
-CSV_HELP = "Per-frame CSV timeline to write; an existing folder is refused."
+
+# The options `video` and `camera` share, declared once.
+VideoOut = Annotated[
+    str | None,
+    typer.Option("--out", help="Annotated video to write (.mp4); an existing folder is refused."),
+]
+TimelineCsv = Annotated[
+    str | None,
+    typer.Option("--csv", help="Per-frame CSV timeline to write; an existing folder is refused."),
+]
+ModelPath = Annotated[str | None, typer.Option(help=MODEL_HELP)]
+Threshold = Annotated[float | None, typer.Option(help="Override realtime.threshold.")]
+Smoothing = Annotated[str | None, typer.Option(help="Override realtime.smoothing.")]
+MaxFrames = Annotated[int | None, typer.Option(help="Stop after this many frames.")]
+Threads = Annotated[int, typer.Option(help="CPU threads for the classifier (0: all).")]
+Profile = Annotated[
+    str | None,
+    typer.Option(help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."),
+]
+Tau = Annotated[float, typer.Option(help=TAU_HELP)]
 
 
 @app.command()
@@ -258,7 +276,7 @@ def predict(
     no_detect: bool = typer.Option(
         False, "--no-detect", help="Inputs are already-cropped faces: skip face detection."
     ),
-    model: str | None = typer.Option(None, help=MODEL_HELP),
+    model: ModelPath = None,
     out: str = typer.Option(
         "predictions.csv",
         help="CSV to write (one row per face); a folder (existing, or ending in /) gets "
@@ -267,7 +285,7 @@ def predict(
     threshold: float = typer.Option(
         0.0, help='Label "not detected" below this top probability (0: always the top class).'
     ),
-    tau: float = typer.Option(0.0, help=TAU_HELP),
+    tau: Tau = 0.0,
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -316,17 +334,15 @@ def predict(
 @app.command()
 def video(
     source: str = typer.Argument(..., help="Video file to annotate."),
-    out: str | None = typer.Option(None, "--out", help=VIDEO_OUT_HELP),
-    csv: str | None = typer.Option(None, "--csv", help=CSV_HELP),
-    model: str | None = typer.Option(None, help=MODEL_HELP),
-    threshold: float | None = typer.Option(None, help="Override realtime.threshold."),
-    smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
-    max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
-    threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
-    profile: str | None = typer.Option(
-        None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
-    ),
-    tau: float = typer.Option(0.0, help=TAU_HELP),
+    out: VideoOut = None,
+    csv: TimelineCsv = None,
+    model: ModelPath = None,
+    threshold: Threshold = None,
+    smoothing: Smoothing = None,
+    max_frames: MaxFrames = None,
+    threads: Threads = 0,
+    profile: Profile = None,
+    tau: Tau = 0.0,
 ) -> None:
     """Annotate a video file: boxes, labels, FPS, and a per-frame CSV timeline.
 
@@ -356,17 +372,15 @@ def camera(
         help="auto | window | mjpeg | file (auto: file with --out, else window, else mjpeg).",
     ),
     port: int = typer.Option(8080, help="Port of the MJPEG stream on 127.0.0.1."),
-    out: str | None = typer.Option(None, "--out", help=VIDEO_OUT_HELP),
-    csv: str | None = typer.Option(None, "--csv", help=CSV_HELP),
-    model: str | None = typer.Option(None, help=MODEL_HELP),
-    threshold: float | None = typer.Option(None, help="Override realtime.threshold."),
-    smoothing: str | None = typer.Option(None, help="Override realtime.smoothing."),
-    max_frames: int | None = typer.Option(None, help="Stop after this many frames."),
-    threads: int = typer.Option(0, help="CPU threads for the classifier (0: all)."),
-    profile: str | None = typer.Option(
-        None, help="realtime.profiles entry, e.g. `pi` (1 thread, smaller, sparser detection)."
-    ),
-    tau: float = typer.Option(0.0, help=TAU_HELP),
+    out: VideoOut = None,
+    csv: TimelineCsv = None,
+    model: ModelPath = None,
+    threshold: Threshold = None,
+    smoothing: Smoothing = None,
+    max_frames: MaxFrames = None,
+    threads: Threads = 0,
+    profile: Profile = None,
+    tau: Tau = 0.0,
 ) -> None:
     """Live expression recognition from a camera: a window, an MJPEG stream or a video file.
 
