@@ -126,3 +126,22 @@ def test_editing_a_knob_reruns_only_the_stages_that_read_it(
     node[key[-1]] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(stages_with_changed_params(repo)) == stages
+
+
+def test_a_fresh_clone_previews_the_whole_plan_with_dvc_status(tmp_path: Path) -> None:
+    """The README's preview: on a clone without the data cache `dvc status` names every stage."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, env=env)
+    done = subprocess.run(
+        ["dvc", "status", "--json"], cwd=clone, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    # `report` reads only committed reports and code, so a clone already has it up to date.
+    assert {name.split(":")[-1] for name in json.loads(done.stdout)} == stages - {"report"}
