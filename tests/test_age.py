@@ -278,3 +278,32 @@ def test_untagged_test_images_are_an_error() -> None:
     tags = pd.DataFrame({"path": ["a.png"], "age_group": ["kid"]})
     with pytest.raises(ValueError, match=r"b\.png.*tag_age"):
         groups_for(["a.png", "b.png"], tags)
+
+
+def test_train_age_model_repeats_whatever_ran_before(shared_data: Path, tmp_path: Path) -> None:
+    """Same faces, params and seed: bit-identical weights, even when the process's random state
+    differs before the call (the stage's initial weights once came from it)."""
+    import torch
+
+    faces = load_faces(utk_subset(shared_data, tmp_path / "utk.zip", 16), 48, log=lambda _m: None)
+    age = {
+        "kids_max_age": 12,
+        "size": 48,
+        "val_fraction": 0.25,
+        "model": "baseline",
+        "hparams": {k: v for k, v in TINY.items() if k != "name"},
+        "crop_scale": 1.1,
+        "crop_center_y": 0.425,
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 0.003,
+    }
+    train = {"scheduler": "none", "augment": "torch", "bf16": False, "threads": 1}
+    weights = []
+    for run, disturb in enumerate((1, 2)):
+        torch.manual_seed(disturb)
+        ckpt = tmp_path / f"age{run}.pt"
+        train_age_model(faces, age, train, seed=3, checkpoint_path=ckpt, log=lambda _m: None)
+        weights.append(torch.load(ckpt, weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -43,7 +43,7 @@ def train_age_model(
     """Split, train and evaluate the kids/adults model; the best checkpoint goes to
     `checkpoint_path`. Returns the report (data counts, held-out metrics, history)."""
     from ferlab.models import build_model, model_options
-    from ferlab.training.loop import TrainConfig, fit
+    from ferlab.training.loop import TrainConfig, fit, seed_everything
 
     groups = age_groups(faces.ages, int(age_params["kids_max_age"]))
     train_idx, val_idx = stratified_split(groups, float(age_params["val_fraction"]), seed)
@@ -55,6 +55,7 @@ def train_age_model(
     name = age_params.get("model", "baseline")
     hparams = {**model_options(name), **(age_params.get("hparams") or {})}
     spec = {"name": name, **hparams}
+    seed_everything(seed)  # the initial weights come from the seed, not from whatever ran before
     model = build_model(name, input_size=size, num_classes=len(AGE_CLASSES), **hparams)
     log(
         f"age model {spec['name']}: {len(train_idx)} train / {len(val_idx)} held-out faces, "
