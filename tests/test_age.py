@@ -160,9 +160,9 @@ def test_stratified_split_holds_out_each_group() -> None:
     assert np.array_equal(val, stratified_split(labels, 0.2, seed=1)[1])
 
 
-def test_train_age_model_writes_a_kid_adult_checkpoint(shared_data: Path, tmp_path: Path) -> None:
-    faces = load_faces(utk_subset(shared_data, tmp_path / "utk.zip", 24), 48, log=lambda _m: None)
-    age = {
+def tiny_age_params(epochs: int, batch_size: int) -> dict:
+    """The age group's params for a tiny, fast age model."""
+    return {
         "kids_max_age": 12,
         "size": 48,
         "val_fraction": 0.25,
@@ -170,10 +170,15 @@ def test_train_age_model_writes_a_kid_adult_checkpoint(shared_data: Path, tmp_pa
         "hparams": {k: v for k, v in TINY.items() if k != "name"},
         "crop_scale": 1.1,
         "crop_center_y": 0.425,
-        "epochs": 2,
-        "batch_size": 16,
+        "epochs": epochs,
+        "batch_size": batch_size,
         "lr": 0.003,
     }
+
+
+def test_train_age_model_writes_a_kid_adult_checkpoint(shared_data: Path, tmp_path: Path) -> None:
+    faces = load_faces(utk_subset(shared_data, tmp_path / "utk.zip", 24), 48, log=lambda _m: None)
+    age = tiny_age_params(epochs=2, batch_size=16)
     train = {"scheduler": "none", "augment": False, "bf16": False, "threads": 1}
     ckpt = tmp_path / "age.pt"
     report = train_age_model(faces, age, train, seed=3, checkpoint_path=ckpt, log=lambda _m: None)
@@ -286,18 +291,7 @@ def test_train_age_model_repeats_whatever_ran_before(shared_data: Path, tmp_path
     import torch
 
     faces = load_faces(utk_subset(shared_data, tmp_path / "utk.zip", 16), 48, log=lambda _m: None)
-    age = {
-        "kids_max_age": 12,
-        "size": 48,
-        "val_fraction": 0.25,
-        "model": "baseline",
-        "hparams": {k: v for k, v in TINY.items() if k != "name"},
-        "crop_scale": 1.1,
-        "crop_center_y": 0.425,
-        "epochs": 1,
-        "batch_size": 8,
-        "lr": 0.003,
-    }
+    age = tiny_age_params(epochs=1, batch_size=8)
     train = {"scheduler": "none", "augment": "torch", "bf16": False, "threads": 1}
     weights = []
     for run, disturb in enumerate((1, 2)):
