@@ -57,9 +57,10 @@ def dvc(*args: str, capture: bool = False) -> str:
     return proc.stdout if capture else ""
 
 
-def experiment_results(names: set[str]) -> dict[str, dict]:
-    """name → {params, metrics} of the named experiments, from `dvc exp show --json`."""
-    shown = json.loads(dvc("exp", "show", "--json", capture=True))
+def experiment_results(names: set[str], baseline_rev: str) -> dict[str, dict]:
+    """name → {params, metrics} of the named experiments derived from `baseline_rev`, from
+    `dvc exp show --json` (pinned: a commit made while the queue runs moves HEAD away)."""
+    shown = json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev, capture=True))
     found: dict[str, dict] = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
@@ -121,6 +122,9 @@ def main() -> None:
     # Queued experiments run in copies of the repo: point them all at this project's store.
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
     short = [f"fast.train.epochs={args.epochs}", "~evaluate.models.study"]
+    baseline_rev = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True, check=True
+    ).stdout.strip()
     names = {}
     for name, change, overrides in chosen:
         exp = f"ablation-{name}-{args.epochs}ep"
@@ -132,7 +136,7 @@ def main() -> None:
         dvc("exp", "run", "--queue", "-n", exp, *sets, "evaluate")
         print(f"ablation: queued {exp}: {change}", flush=True)
     dvc("exp", "run", "--run-all", "--jobs", "1")
-    results = experiment_results(set(names))
+    results = experiment_results(set(names), baseline_rev)
     missing = sorted(set(names) - set(results))
     if missing:
         raise SystemExit(f"ablation: no results for {', '.join(missing)}: see `dvc queue logs`")
