@@ -47,9 +47,9 @@ METRICS = {
 }
 
 
-def dvc(*args: str, capture: bool = False) -> str:
+def dvc(*args: str, capture: bool = False, repo: Path = ROOT) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=ROOT, text=True, capture_output=capture
+        [sys.executable, "-m", "dvc", *args], cwd=repo, text=True, capture_output=capture
     )
     if proc.returncode != 0:
         detail = (proc.stderr or "").strip().splitlines()[-1:] if capture else []
@@ -57,10 +57,10 @@ def dvc(*args: str, capture: bool = False) -> str:
     return proc.stdout if capture else ""
 
 
-def experiment_results(names: set[str], baseline_rev: str) -> dict[str, dict]:
+def experiment_results(names: set[str], baseline_rev: str, repo: Path = ROOT) -> dict[str, dict]:
     """name → {params, metrics} of the named experiments derived from `baseline_rev`, from
     `dvc exp show --json` (pinned: a commit made while the queue runs moves HEAD away)."""
-    shown = json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev, capture=True))
+    shown = json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev, capture=True, repo=repo))
     found: dict[str, dict] = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:

@@ -75,3 +75,42 @@ def test_unknown_ablation_is_refused_before_any_experiment() -> None:
         text=True,
     )
     assert done.returncode == 1 and "--only from recipe, labels" in done.stderr
+
+
+def test_results_are_read_from_the_queued_commit_after_head_moves(tmp_path: Path) -> None:
+    """A real DVC repo: an experiment run on one commit is still found after a later commit
+    moves HEAD (a commit made while the ablation queue runs once lost every result)."""
+    ablation = load_script()
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(cmd, cwd=tmp_path, text=True, capture_output=True, check=True)
+        return done.stdout.strip()
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "ci@example.invalid")
+    run("git", "config", "user.name", "ci")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    write = (
+        "import json, yaml; "
+        "json.dump({'v': yaml.safe_load(open('params.yaml'))['x']}, open('m.json', 'w'))"
+    )
+    stage = {
+        "cmd": f'{sys.executable} -c "{write}"',
+        "params": ["x"],
+        "metrics": [{"m.json": {"cache": False}}],
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"score": stage}}))
+    run(sys.executable, "-m", "dvc", "repro", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "baseline")
+    queued_on = run("git", "rev-parse", "HEAD")
+    run(sys.executable, "-m", "dvc", "exp", "run", "-q", "-n", "exp-x2", "-S", "x=2")
+    run("git", "checkout", "-q", "--", ".")
+    (tmp_path / "notes.txt").write_text("a commit made while the queue runs\n")
+    run("git", "add", "notes.txt")
+    run("git", "commit", "-qm", "later")
+
+    found = ablation.experiment_results({"exp-x2"}, queued_on, repo=tmp_path)
+    assert found["exp-x2"]["metrics"]["m.json"] == {"v": 2}
+    assert ablation.experiment_results({"exp-x2"}, "HEAD", repo=tmp_path) == {}
