@@ -19,16 +19,14 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
+from ferlab.config import load_params
 from ferlab.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # model.sepnet as params.yaml commits it (dropout does not change a step's cost)
 SEPNET_LIVE = {
-    k: v
-    for k, v in yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["sepnet"].items()
-    if k != "dropout"
+    k: v for k, v in load_params(ROOT / "params.yaml")["model"]["sepnet"].items() if k != "dropout"
 }
 CASES = [
     # (model, input size, precision, memory format, MixConv, model options)
