@@ -442,40 +442,158 @@ def export(
             typer.echo(f"{int8_target}: int8 ONNX ({int8})")
 
 
+# What `ferlab train-run` logs and prints, where the protocol was scored (the reference
+# protocols need the votes file; a protocol with no test faces is left out).
+TRAIN_RUN_PROTOCOLS = {
+    "reference_private": "FER+ reference",
+    "clean_test": "clean test",
+    "test": "plurality test",
+}
+
+
 @app.command("train-run")
 def train_run(
     name: str = typer.Argument(..., help="Run name: models/runs/NAME/ and reports/runs/NAME/."),
     overrides: list[str] = typer.Option(
         [], "--set", "-S", help="params.yaml override, e.g. -S model.name=baseline (repeatable)."
     ),
+    fast: bool = typer.Option(
+        False, "--fast", help="Train the live model (params `fast`, stage train_fast's job)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier run of this NAME."),
 ) -> None:
     """Train and evaluate one variation outside the DAG, for side-by-side comparisons.
 
     The DVC pipeline (`dvc repro`, `dvc exp run`) is the way to reproduce the study; this
-    command reuses the cached arrays to compare models or preprocessing variants quickly.
+    command reuses the cached arrays to compare models or recipes quickly. The run is scored
+    on the evaluate stage's protocols (FER+ reference, clean test, ...), exported to ONNX and
+    timed per face (reports/runs/NAME/run.json, written last); `scripts/runs_table.py` lists
+    runs side by side.
     """
-    with _one_line_errors():
-        from ferlab.config import apply_overrides, load_params
+    from ferlab.stage import Terminated, terminate_on_sigterm
 
-        params = apply_overrides(load_params(), overrides)
-        # Training runs for minutes to hours: a missing split stops it now, not at evaluation.
-        _require_arrays(params["train"]["variant"], "data/arrays", ("train", "val", "test"))
+    terminate_on_sigterm()
+    try:
+        with _one_line_errors():
+            metrics, cost, out = _train_run(name, overrides, fast, force)
+    except Terminated as stop:
+        typer.echo(f"train-run {name} stopped by SIGTERM; its run was not finished", err=True)
+        raise typer.Exit(stop.code) from None
+    if metrics is None:  # a worker process: rank 0 reports
+        return
+    scored = ", ".join(
+        f"{label} {metrics[protocol]['accuracy']:.4f} (balanced "
+        f"{metrics[protocol]['balanced_accuracy']:.4f})"
+        for protocol, label in TRAIN_RUN_PROTOCOLS.items()
+        if protocol in metrics
+    )
+    typer.echo(
+        f"{name}: {scored}; {cost['ms_per_face_1_thread']} ms a face, {cost['onnx_mb']} MB -> {out}"
+    )
 
-        from ferlab import tracking
-        from ferlab.evaluation.evaluate import evaluate_checkpoint
-        from ferlab.training.run import train_from_params
 
-        checkpoint = Path("models/runs") / name / "model.pt"
-        out = Path("reports/runs") / name
-        experiment = params["mlflow"]["experiment"]
-        with tracking.stage_run("train", params, experiment, label=f"train-run {name}"):
-            train_from_params(params, checkpoint_path=checkpoint, reports=out)
-            results = evaluate_checkpoint(checkpoint, reports=out)
-            tracking.log_metrics(
-                {f"test_{k}": results["test"][k] for k in ("accuracy", "balanced_accuracy")}
+def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
+    from ferlab.config import apply_overrides, data_path, load_params
+    from ferlab.evaluation.evaluate import MODEL_NAME, EvaluateSettings
+    from ferlab.training.loop import TrainConfig
+    from ferlab.training.run import TrainJob, init_distributed, train_job
+
+    if not MODEL_NAME.match(name) or name.startswith("-"):
+        raise ValueError(f"run name {name!r}: use letters, digits, _ or - (it names folders)")
+    params = apply_overrides(load_params(), overrides)
+    checkpoint = Path("models/runs") / name / "model.pt"
+    out = Path("reports/runs") / name
+    job = (TrainJob.fast if fast else TrainJob.study)(params, checkpoint, out)
+    worker = "WORLD_SIZE" in os.environ
+    if not worker:
+        earlier = [p for p in (checkpoint.parent, out) if p.exists()]
+        if earlier and not force:
+            raise ValueError(
+                f"{earlier[0]}: a run named {name!r} exists; choose another NAME or pass --force"
             )
-    m = results["test"]
-    typer.echo(f"{name}: test accuracy {m['accuracy']:.4f} balanced {m['balanced_accuracy']:.4f}")
+        # Everything that could stop the run is checked before hours of training.
+        TrainConfig.from_params(job.train, seed=params["seed"]).validate()
+        evaluate = EvaluateSettings.from_params(params)
+        _require_arrays(job.train["variant"], "data/arrays", ("train", "val", "test"))
+        for needed in ("data/manifest.csv", "reports/leakage.json"):
+            if not Path(needed).is_file():
+                raise FileNotFoundError(
+                    f"{needed}: missing (the clean test needs it); run `dvc repro validate`"
+                )
+        # A replaced run's reports go first, so its old figures never sit beside new ones.
+        for stale in ("run.json", "metrics.json", "train.json"):
+            (out / stale).unlink(missing_ok=True)
+        # The train stages launch `${train.processes}` torchrun processes; so does this, and
+        # gets the stage's batches and weights. torchrun replaces this process (signals and
+        # exit status pass straight through); its workers run this command again.
+        processes = int(params["train"].get("processes", 1))
+        if processes > 1:
+            args = ["train-run", "--force", *(["--fast"] if fast else [])]
+            args += [a for o in overrides for a in ("-S", o)] + ["--", name]
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            command += [f"--nproc_per_node={processes}", "-m", "ferlab.cli", *args]
+            sys.stdout.flush()
+            os.execv(sys.executable, command)
+    if init_distributed():
+        import torch.distributed as dist
+
+        if dist.get_rank() != 0:
+            train_job(params, job)
+            return None, None, out
+
+    from ferlab import tracking
+    from ferlab.evaluation.evaluate import evaluate_models
+    from ferlab.export import export_onnx, per_face_ms
+    from ferlab.io import write_json
+    from ferlab.machine import cpu_name
+
+    evaluate = EvaluateSettings.from_params(params)
+    stage = "train_fast" if fast else "train"
+    with tracking.stage_run(stage, params, params["mlflow"]["experiment"], f"train-run {name}"):
+        train_job(params, job)
+        votes = params["data"].get("votes")
+        metrics = evaluate_models(
+            EvaluateSettings(
+                models={name: str(checkpoint)},
+                batch_size=evaluate.batch_size,
+                tta_flip=evaluate.tta_flip,
+                logit_adjust_tau=evaluate.logit_adjust_tau,
+            ),
+            "data/arrays",
+            out,
+            votes_csv=data_path(votes) if votes else None,
+            log=typer.echo,
+        )[name]
+        onnx_path = checkpoint.with_suffix(".onnx")
+        export_onnx(checkpoint, onnx_path)
+        # Batch 1, one thread, ONNX Runtime: the live loop's cost of a face on this CPU.
+        cost = {
+            "onnx_mb": round(onnx_path.stat().st_size / 1e6, 3),
+            "ms_per_face_1_thread": round(per_face_ms(onnx_path, threads=1), 3),
+        }
+        tracking.log_metrics(
+            {
+                **{
+                    f"{protocol}_{key}": metrics[protocol][key]
+                    for protocol in TRAIN_RUN_PROTOCOLS
+                    if protocol in metrics
+                    for key in ("accuracy", "balanced_accuracy")
+                },
+                **cost,
+            }
+        )
+        run = {
+            "name": name,
+            "job": stage,
+            "overrides": list(overrides),
+            "model": job.model,
+            "options": job.options,
+            "input_size": job.input_size,
+            **cost,
+            "cpu": cpu_name(),
+        }
+        write_json(out / "run.json", run)  # last: a run.json means the run is complete
+    return metrics, cost, out
 
 
 def main() -> None:

@@ -1,0 +1,98 @@
+"""`ferlab train-run`: one variation trained outside the DAG as the train stages train it (two
+torchrun processes), scored on the evaluate stage's protocols, exported and timed; and
+scripts/runs_table.py, which lists such runs side by side."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from test_evaluate import _scratch_project, trained  # noqa: F401  (module fixture)
+from test_faults import one_error_line, run_ferlab
+
+from ferlab.inference import OnnxClassifier, TorchClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_train_run_trains_scores_and_times_a_live_model_variation(
+    fer_zip,
+    trained,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    project, facts = _scratch_project(fer_zip, trained, tmp_path)
+    pipeline_models = {p: md5(p) for p in (project / "models").glob("*.pt")}
+    args = ("train-run", "narrow", "--fast", "-S", "fast.train.epochs=2")
+    done = run_ferlab(project, *args, "-S", "model.sepnet.width=0.25")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "narrow: FER+ reference 0." in done.stdout and "ms a face" in done.stdout
+
+    run_dir, out = project / "models/runs/narrow", project / "reports/runs/narrow"
+    run = json.loads((out / "run.json").read_text())
+    assert run["job"] == "train_fast" and run["model"] == "sepnet"
+    assert run["options"]["width"] == 0.25 and run["input_size"] == 48
+    assert run["overrides"] == ["fast.train.epochs=2", "model.sepnet.width=0.25"]
+    assert run["ms_per_face_1_thread"] > 0
+    assert run["onnx_mb"] == round((run_dir / "model.onnx").stat().st_size / 1e6, 3)
+    assert json.loads((out / "train.json").read_text())["epochs_run"] == 2
+
+    # Scored on every protocol the evaluate stage reports, on this project's test faces.
+    metrics = json.loads((out / "metrics.json").read_text())["narrow"]
+    assert metrics["test"]["n"] == len(facts["test"]) == 96
+    assert 0 < metrics["reference_private"]["n"] < metrics["test"]["n"]
+    assert 0 < metrics["clean_test"]["n"] < metrics["test"]["n"]
+    # The ONNX export that was timed is the trained model.
+    faces = np.load(project / "data/arrays/original_test.npz")["images"][:16]
+    torch_logits = TorchClassifier.from_checkpoint(run_dir / "model.pt").logits(faces)
+    assert np.abs(OnnxClassifier(run_dir / "model.onnx").logits(faces) - torch_logits).max() < 1e-3
+
+    # Logged to the project's MLflow store under the run's name, with its headline figures.
+    with sqlite3.connect(project / "mlflow.db") as db:
+        logged = dict(
+            db.execute(
+                "SELECT m.key, m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                "WHERE r.name LIKE 'train-run narrow%' AND r.status = 'FINISHED'"
+            ).fetchall()
+        )
+    assert logged["reference_private_accuracy"] == metrics["reference_private"]["accuracy"]
+    assert logged["ms_per_face_1_thread"] == run["ms_per_face_1_thread"]
+
+    # The pipeline's own models are untouched, and a second run of the name is refused.
+    assert {p: md5(p) for p in (project / "models").glob("*.pt")} == pipeline_models
+    before = md5(run_dir / "model.pt")
+    line = one_error_line(run_ferlab(project, *args))
+    assert line.startswith("error: models/runs/narrow: a run named 'narrow' exists")
+    assert "--force" in line and md5(run_dir / "model.pt") == before
+
+    # Settings that would stop the run stop it before any training, in one line.
+    line = one_error_line(
+        run_ferlab(project, "train-run", "zero", "--fast", "-S", "fast.train.lr=0")
+    )
+    assert line == "error: train.epochs, train.batch_size and train.lr must be positive"
+    assert not (project / "models/runs/zero").exists()
+    assert not (project / "reports/runs/zero").exists()
+
+    # The side-by-side table reads the run's own reports.
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/runs_table.py"), str(out), "--out", "cands"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert table.returncode == 0, table.stderr
+    row = json.loads((project / "cands.json").read_text())["rows"][0]
+    assert row["reference"] == metrics["reference_private"]["accuracy"]
+    assert row["epochs"] == 2 and row["model"] == "sepnet"
+    text = (project / "cands.md").read_text()
+    assert f"| narrow | sepnet | {row['parameters'] / 1e6:.2f}M | 2 |" in text
+    command = "ferlab train-run narrow --fast -S fast.train.epochs=2 -S model.sepnet.width=0.25"
+    assert f"- narrow: `{command}`" in text
