@@ -36,6 +36,8 @@ CASES = [
     ("sepnet", 48, "fp32", "contiguous", "-", {}),
     ("sepnet", 48, "bf16", "channels_last", "-", SEPNET_LIVE),
     ("baseline", 48, "fp32", "channels_last", "-", {}),
+    # the plain live-model candidate (reports/candidates_fast.md): half width, ReLU
+    ("baseline", 48, "fp32", "channels_last", "-", {"width": 0.5, "activation": "relu"}),
     ("baseline", 48, "bf16", "channels_last", "-", {}),
     ("ddamfn", 48, "fp32", "channels_last", "split", {}),
     ("ddamfn", 48, "fp32", "channels_last", "fused", {}),

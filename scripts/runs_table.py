@@ -83,7 +83,7 @@ def table(rows: list[dict], title: str) -> str:
             f"| {r['name']} | {r['model']} | {r['parameters'] / 1e6:.2f}M | {r['epochs']} | "
             f"{pct(r['val'])} | {pct(r['reference'])} | {pct(r['clean'])} | "
             f"{pct(r['clean_balanced'])} | {r['train_minutes']:.1f} | "
-            f"{r['ms_per_face_1_thread']:.2f} | {r['onnx_mb']:.2f} |"
+            f"{r['ms_per_face_1_thread']:.3f} | {r['onnx_mb']:.2f} |"
         )
     lines += ["", "Overrides of each run (`-S`, on top of params.yaml as committed):", ""]
     for r in rows:
