@@ -37,14 +37,14 @@ CASES = [
 ]
 
 
-def export_case(name: str, options: dict, folder: Path) -> Path:
+def export_case(name: str, options: dict, checkpoint: Path) -> tuple[Path, int]:
+    """The case's ONNX export and its parameter count."""
     torch.manual_seed(0)
     model = build_model(name, input_size=48, **options).eval()
-    checkpoint = folder / f"{name}-{len(list(folder.iterdir()))}.pt"
     save_checkpoint(checkpoint, model, {"model": {"name": name, **options}, "input_size": 48})
     onnx_path = checkpoint.with_suffix(".onnx")
     export_onnx(checkpoint, onnx_path)
-    return onnx_path
+    return onnx_path, sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_live_models"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exports = [export_case(name, options, Path(tmp)) for _, name, options in CASES]
+        built = [export_case(n, o, Path(tmp) / f"case{i}.pt") for i, (_, n, o) in enumerate(CASES)]
+        exports = [path for path, _ in built]
         times: dict[tuple[int, int], list[float]] = {}
         for r in range(args.rounds):
             for i, path in enumerate(exports):
@@ -63,14 +64,15 @@ def main() -> None:
                     times.setdefault((i, threads), []).append(ms)
                     print(f"round {r + 1} {CASES[i][0]} {threads} thread(s): {ms:.3f} ms")
         rows = []
-        for i, ((label, name, options), path) in enumerate(zip(CASES, exports, strict=True)):
-            model = build_model(name, input_size=48, **options)
+        for i, ((label, name, options), (path, parameters)) in enumerate(
+            zip(CASES, built, strict=True)
+        ):
             rows.append(
                 {
                     "case": label,
                     "model": name,
                     "options": options,
-                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "parameters": parameters,
                     "onnx_mb": round(path.stat().st_size / 1e6, 3),
                     **{
                         f"ms_per_face_{t}_thread": round(statistics.median(times[(i, t)]), 3)

@@ -493,6 +493,8 @@ def train_run(
 
 
 def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
+    from dataclasses import replace
+
     from ferlab.config import apply_overrides, data_path, load_params
     from ferlab.evaluation.evaluate import MODEL_NAME, EvaluateSettings
     from ferlab.training.loop import TrainConfig
@@ -513,7 +515,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             )
         # Everything that could stop the run is checked before hours of training.
         TrainConfig.from_params(job.train, seed=params["seed"]).validate()
-        evaluate = EvaluateSettings.from_params(params)
+        EvaluateSettings.from_params(params)
         _require_arrays(job.train["variant"], "data/arrays", ("train", "val", "test"))
         for needed in ("data/manifest.csv", "reports/leakage.json"):
             if not Path(needed).is_file():
@@ -547,18 +549,14 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
     from ferlab.io import write_json
     from ferlab.machine import cpu_name
 
-    evaluate = EvaluateSettings.from_params(params)
+    # The evaluate stage's settings, scoring this run's checkpoint only.
+    evaluate = replace(EvaluateSettings.from_params(params), models={name: str(checkpoint)})
     stage = "train_fast" if fast else "train"
     with tracking.stage_run(stage, params, params["mlflow"]["experiment"], f"train-run {name}"):
         train_job(params, job)
         votes = params["data"].get("votes")
         metrics = evaluate_models(
-            EvaluateSettings(
-                models={name: str(checkpoint)},
-                batch_size=evaluate.batch_size,
-                tta_flip=evaluate.tta_flip,
-                logit_adjust_tau=evaluate.logit_adjust_tau,
-            ),
+            evaluate,
             "data/arrays",
             out,
             votes_csv=data_path(votes) if votes else None,
