@@ -22,22 +22,25 @@ import torch
 
 from ferlab.config import load_params
 from ferlab.machine import cpu_name
+from ferlab.training.run import TrainJob
 
 ROOT = Path(__file__).resolve().parents[1]
-# model.sepnet as params.yaml commits it (dropout does not change a step's cost)
-SEPNET_LIVE = {
-    k: v for k, v in load_params(ROOT / "params.yaml")["model"]["sepnet"].items() if k != "dropout"
-}
+PARAMS = load_params(ROOT / "params.yaml")
+# The live model as params.yaml commits it (fast.model, fast.options; dropout does not change
+# a step's cost), and the SepNet it replaced (model.sepnet).
+LIVE_JOB = TrainJob.fast(PARAMS)
+LIVE = {k: v for k, v in LIVE_JOB.options.items() if k != "dropout"}
+SEPNET = {k: v for k, v in PARAMS["model"]["sepnet"].items() if k != "dropout"}
 CASES = [
     # (model, input size, precision, memory format, MixConv, model options)
-    ("sepnet", 48, "fp32", "channels_last", "-", SEPNET_LIVE),
-    ("sepnet", 48, "fp32", "channels_last", "-", {**SEPNET_LIVE, "stem_stride": 2}),
+    (LIVE_JOB.model, 48, "fp32", "channels_last", "-", LIVE),
+    (LIVE_JOB.model, 48, "bf16", "channels_last", "-", LIVE),
+    ("sepnet", 48, "fp32", "channels_last", "-", SEPNET),
+    ("sepnet", 48, "fp32", "channels_last", "-", {**SEPNET, "stem_stride": 2}),
     ("sepnet", 48, "fp32", "channels_last", "-", {}),  # the original: stride-1 stem, width 1
     ("sepnet", 48, "fp32", "contiguous", "-", {}),
-    ("sepnet", 48, "bf16", "channels_last", "-", SEPNET_LIVE),
+    ("sepnet", 48, "bf16", "channels_last", "-", SEPNET),
     ("baseline", 48, "fp32", "channels_last", "-", {}),
-    # the plain live-model candidate (reports/candidates_fast.md): half width, ReLU
-    ("baseline", 48, "fp32", "channels_last", "-", {"width": 0.5, "activation": "relu"}),
     ("baseline", 48, "bf16", "channels_last", "-", {}),
     ("ddamfn", 48, "fp32", "channels_last", "split", {}),
     ("ddamfn", 48, "fp32", "channels_last", "fused", {}),

@@ -15,6 +15,7 @@ from ferlab.evaluation.attention_maps import DPI, PANEL_INCHES, attention_figure
 from ferlab.inference import to_tensor
 from ferlab.models import build_model, model_names, model_options, register
 from ferlab.training.losses import total_loss
+from ferlab.training.run import TrainJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +92,8 @@ def test_live_model_as_configured_fits_the_live_budget() -> None:
     """The fast model params.yaml trains has under 2 MB of fp32 weights (the bundled model's
     size limit) and classifies 48×48 faces."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    name = params["fast"]["model"]
-    model = build_model(name, input_size=params["fast"]["input_size"], **params["model"][name])
+    job = TrainJob.fast(params)
+    model = build_model(job.model, input_size=job.input_size, **job.options)
     assert 4 * n_params(model) < 2_000_000
     assert model.eval()(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
 

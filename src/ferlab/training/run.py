@@ -90,12 +90,15 @@ class TrainJob:
         checkpoint: str | Path = "models/fast.pt",
         reports: str | Path = "reports/fast",
     ) -> TrainJob:
-        """The `train_fast` stage: params `fast` (model, input_size, train overrides); the
-        model's options come from `model.<name>` like the study model's."""
+        """The `train_fast` stage: params `fast` (model, input_size, options, train
+        overrides). The live model's options are its own (`fast.options`), so a study model
+        of the same architecture (the small profile's `model.name=baseline`) never changes
+        it; without `fast.options` they come from `model.<name>` like the study model's."""
         f = params["fast"]
+        options = f["options"] if "options" in f else params["model"].get(f["model"])
         return cls(
             f["model"],
-            dict(params["model"].get(f["model"]) or {}),
+            dict(options or {}),
             int(f["input_size"]),
             {**params["train"], **(f.get("train") or {})},
             Path(checkpoint),
