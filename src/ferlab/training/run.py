@@ -93,12 +93,11 @@ class TrainJob:
         """The `train_fast` stage: params `fast` (model, input_size, options, train
         overrides). The live model's options are its own (`fast.options`), so a study model
         of the same architecture (the small profile's `model.name=baseline`) never changes
-        it; without `fast.options` they come from `model.<name>` like the study model's."""
+        it, and its stage does not depend on the `model` group."""
         f = params["fast"]
-        options = f["options"] if "options" in f else params["model"].get(f["model"])
         return cls(
             f["model"],
-            dict(options or {}),
+            dict(f.get("options") or {}),
             int(f["input_size"]),
             {**params["train"], **(f.get("train") or {})},
             Path(checkpoint),
