@@ -98,6 +98,19 @@ def test_live_model_as_configured_fits_the_live_budget() -> None:
     assert model.eval()(torch.zeros(2, 1, 48, 48)).shape == (2, 8)
 
 
+def test_the_live_model_keeps_its_own_options() -> None:
+    """`fast.options` belong to the live model alone: a study model of the same architecture
+    (the small profile's `model.name=baseline -S model.baseline.width=0.25`) leaves it as it
+    is, and the train_fast stage does not depend on the `model` group."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fast = TrainJob.fast(params)
+    params["model"][fast.model] = {"width": 0.25}
+    assert TrainJob.fast(params) == fast and fast.options == params["fast"]["options"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "fast" in stages["train_fast"]["params"]
+    assert "model" not in stages["train_fast"]["params"]
+
+
 def test_sepnet_stride_two_stem_halves_the_first_map() -> None:
     for stride, side in ((1, 48), (2, 24)):
         model = build_model("sepnet", input_size=48, stem_stride=stride).eval()

@@ -32,15 +32,15 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     project, facts = _scratch_project(fer_zip, trained, tmp_path)
     pipeline_models = {p: md5(p) for p in (project / "models").glob("*.pt")}
     args = ("train-run", "narrow", "--fast", "-S", "fast.train.epochs=2")
-    done = run_ferlab(project, *args, "-S", "model.sepnet.width=0.25")
+    done = run_ferlab(project, *args, "-S", "fast.options.width=0.25")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "narrow: FER+ reference 0." in done.stdout and "ms a face" in done.stdout
 
     run_dir, out = project / "models/runs/narrow", project / "reports/runs/narrow"
     run = json.loads((out / "run.json").read_text())
-    assert run["job"] == "train_fast" and run["model"] == "sepnet"
+    assert run["job"] == "train_fast" and run["model"] == "baseline"
     assert run["options"]["width"] == 0.25 and run["input_size"] == 48
-    assert run["overrides"] == ["fast.train.epochs=2", "model.sepnet.width=0.25"]
+    assert run["overrides"] == ["fast.train.epochs=2", "fast.options.width=0.25"]
     assert run["ms_per_face_1_thread"] > 0
     assert run["onnx_mb"] == round((run_dir / "model.onnx").stat().st_size / 1e6, 3)
     assert json.loads((out / "train.json").read_text())["epochs_run"] == 2
@@ -91,8 +91,8 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert table.returncode == 0, table.stderr
     row = json.loads((project / "cands.json").read_text())["rows"][0]
     assert row["reference"] == metrics["reference_private"]["accuracy"]
-    assert row["epochs"] == 2 and row["model"] == "sepnet"
+    assert row["epochs"] == 2 and row["model"] == "baseline"
     text = (project / "cands.md").read_text()
-    assert f"| narrow | sepnet | {row['parameters'] / 1e6:.2f}M | 2 |" in text
-    command = "ferlab train-run narrow --fast -S fast.train.epochs=2 -S model.sepnet.width=0.25"
+    assert f"| narrow | baseline | {row['parameters'] / 1e6:.2f}M | 2 |" in text
+    command = "ferlab train-run narrow --fast -S fast.train.epochs=2 -S fast.options.width=0.25"
     assert f"- narrow: `{command}`" in text
