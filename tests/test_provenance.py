@@ -110,6 +110,8 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
     [
         (("evaluate", "tta_flip"), False, {"evaluate"}),
         (("fast", "train", "epochs"), 99, {"train_fast"}),
+        # the study model's options are not the live model's (fast.options)
+        (("model", "ddamfn", "dropout"), 0.5, {"train"}),
         (("study_resize", "max_images"), 7, {"study_resize"}),
     ],
 )
