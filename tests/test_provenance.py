@@ -110,8 +110,10 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
     [
         (("evaluate", "tta_flip"), False, {"evaluate"}),
         (("fast", "train", "epochs"), 99, {"train_fast"}),
-        # the study model's options are not the live model's (fast.options)
+        # the study model's options and schedule are not the live model's (fast.options and
+        # fast.train's overrides)
         (("model", "ddamfn", "dropout"), 0.5, {"train"}),
+        (("train", "epochs"), 3, {"train"}),
         (("study_resize", "max_images"), 7, {"study_resize"}),
     ],
 )
@@ -128,6 +130,19 @@ def test_editing_a_knob_reruns_only_the_stages_that_read_it(
     node[key[-1]] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert set(stages_with_changed_params(repo)) == stages
+
+
+def test_the_live_models_stage_declares_every_train_key_it_reads() -> None:
+    """train_fast trains with the train group under fast.train's overrides: it must declare
+    exactly the train keys fast.train leaves to the train group (a key it reads but does not
+    declare would leave a stale live model when that key changes)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_fast"]
+    declared = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("train.")}
+    read = set(params["train"]) - set(params["fast"]["train"])
+    assert declared == read, (
+        f"dvc.yaml train_fast: declare {sorted(read - declared)}, drop {sorted(declared - read)}"
+    )
 
 
 def test_a_fresh_clone_previews_the_whole_plan_with_dvc_status(tmp_path: Path) -> None:
