@@ -36,7 +36,7 @@ CASES = [
     (f"live model as committed ({LIVE.model})", LIVE.model, LIVE.options),
     ("sepnet (the live model before)", "sepnet", SEPNET),
     ("sepnet, stride-2 stem", "sepnet", {**SEPNET, "stem_stride": 2}),
-    ("baseline as committed", "baseline", {}),
+    ("baseline at model.baseline", "baseline", PARAMS["model"]["baseline"]),
 ]
 
 

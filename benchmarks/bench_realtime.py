@@ -10,7 +10,7 @@
   faces and labels agree with the every-frame loop.
 
     python benchmarks/bench_realtime.py                      # bundled model + models/onnx/*.onnx
-    python benchmarks/bench_realtime.py --models models/model.pt models/onnx/sepnet.onnx
+    python benchmarks/bench_realtime.py --models models/model.pt models/onnx/fast.onnx
     python benchmarks/bench_realtime.py --frames 20 --repeats 20 --out /tmp/bench   # a quick check
 
 Writes reports/benchmark_realtime.json and .md. Numbers depend on the machine and on what else

@@ -73,6 +73,14 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert line.startswith("error: models/runs/narrow: a run named 'narrow' exists")
     assert "--force" in line and md5(run_dir / "model.pt") == before
 
+    # An override of the study model's options would change nothing the live model trains.
+    line = one_error_line(
+        run_ferlab(project, "train-run", "w", "--fast", "-S", "model.baseline.width=0.5")
+    )
+    assert line.startswith("error: -S model.baseline.width=0.5: the live model (--fast) takes")
+    assert "use -S fast.options.width=0.5" in line
+    assert not (project / "models/runs/w").exists()
+
     # Settings that would stop the run stop it before any training, in one line.
     line = one_error_line(
         run_ferlab(project, "train-run", "zero", "--fast", "-S", "fast.train.lr=0")

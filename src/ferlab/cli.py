@@ -492,6 +492,20 @@ def train_run(
     )
 
 
+def _refuse_study_model_overrides(overrides: list[str]) -> None:
+    """`model.*` is the study model's group: with --fast it would change nothing trained, so
+    the run would silently repeat the committed live model under another name."""
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key == "model" or key.startswith("model."):
+            parts = key.split(".")
+            hint = f"fast.options.{parts[-1]}={value}" if len(parts) == 3 else "fast.options.<key>"
+            raise ValueError(
+                f"-S {item}: the live model (--fast) takes its options from fast.options, not "
+                f"model.*; use -S {hint} (and -S fast.model=<name> for another architecture)"
+            )
+
+
 def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
     from dataclasses import replace
 
@@ -502,6 +516,8 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
 
     if not MODEL_NAME.match(name) or name.startswith("-"):
         raise ValueError(f"run name {name!r}: use letters, digits, _ or - (it names folders)")
+    if fast:
+        _refuse_study_model_overrides(overrides)
     params = apply_overrides(load_params(), overrides)
     checkpoint = Path("models/runs") / name / "model.pt"
     out = Path("reports/runs") / name
