@@ -142,15 +142,21 @@ def test_smoothing_is_per_face() -> None:
 
 def test_threshold_yields_not_detected() -> None:
     flat = np.full(len(CLASSES), 1 / len(CLASSES))
-    assert label_of(flat, threshold=0.4) == (NOT_DETECTED, pytest.approx(0.125))
+    assert label_of(flat, threshold=0.4, decimals=4) == (NOT_DETECTED, pytest.approx(0.125))
     sure = 0.9 * onehot(4) + 0.1 * flat
-    assert label_of(sure, threshold=0.4)[0] == "happiness"
+    assert label_of(sure, threshold=0.4, decimals=4)[0] == "happiness"
     # Smoothing decides: a face flickering between two classes stays "not detected".
     tracker = IouTracker(smoothing="window", window=2)
     box = (0, 0, 50, 50)
     tracker.update([box], onehot(0)[None])
     _, smoothed = tracker.update([box], onehot(7)[None])[0]
-    assert label_of(smoothed, threshold=0.6)[0] == NOT_DETECTED
+    assert label_of(smoothed, threshold=0.6, decimals=4)[0] == NOT_DETECTED
+    # The threshold applies to the confidence as written: 0.39997 is written 0.4000 with 4
+    # decimals, so at threshold 0.4 it is a label (the timeline CSV never shows "not detected"
+    # beside 0.4000); with 6 decimals (predict's CSV) it stays below.
+    edge = np.array([0.39997, 0.3, 0.30003, 0, 0, 0, 0, 0])
+    assert label_of(edge, threshold=0.4, decimals=4) == ("anger", 0.4)
+    assert label_of(edge, threshold=0.4, decimals=6) == (NOT_DETECTED, 0.39997)
 
 
 def test_settings_reject_unknown_values() -> None:

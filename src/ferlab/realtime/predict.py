@@ -138,7 +138,7 @@ def predict_images(
                         summary.without_face += 1
                     continue
                 probabilities = next(probs)
-                label, confidence = label_of(probabilities, threshold)
+                label, confidence = label_of(probabilities, threshold, decimals=6)
                 writer.writerow(
                     [
                         str(path),

@@ -212,10 +212,15 @@ def detect_faces(detector: FaceDetector, image: np.ndarray, max_side: int) -> li
     ]
 
 
-def label_of(probs: np.ndarray, threshold: float) -> tuple[str, float]:
-    """(class name or NOT_DETECTED, top probability)."""
+TIMELINE_DECIMALS = 4  # the decimals of a probability in the live loop's timeline CSV
+
+
+def label_of(probs: np.ndarray, threshold: float, decimals: int) -> tuple[str, float]:
+    """(class name or NOT_DETECTED, top probability rounded to `decimals`, the precision the
+    caller writes). The threshold applies to the rounded value, so a written row never shows
+    a confidence of 0.4000 beside "not detected" at threshold 0.4."""
     top = int(np.argmax(probs))
-    confidence = float(probs[top])
+    confidence = round(float(probs[top]), decimals)
     return (CLASSES[top] if confidence >= threshold else NOT_DETECTED), confidence
 
 
@@ -438,7 +443,7 @@ class FramePipeline:
             for track in tracks:
                 assert track.raw is not None
                 smoothed = track.smoother.update(track.raw)
-                label, confidence = label_of(smoothed, s.threshold)
+                label, confidence = label_of(smoothed, s.threshold, TIMELINE_DECIMALS)
                 results.append(
                     FaceResult(
                         track.id,

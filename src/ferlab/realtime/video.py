@@ -30,7 +30,7 @@ import numpy as np
 from ferlab.classes import CLASSES
 from ferlab.io import OutputError, refuse_folder
 from ferlab.realtime.overlay import draw_overlay
-from ferlab.realtime.runtime import FaceResult, FramePipeline
+from ferlab.realtime.runtime import TIMELINE_DECIMALS, FaceResult, FramePipeline
 
 NO_FACE = "no face"  # the label of a timeline row for a frame where no face was found
 TIMELINE_COLUMNS: tuple[str, ...] = (
@@ -173,8 +173,8 @@ class TimelineWriter:
                     r.face_id,
                     *(_number(v) for v in r.box),
                     r.label,
-                    f"{r.confidence:.4f}",
-                    *(f"{p:.4f}" for p in r.probs),
+                    f"{r.confidence:.{TIMELINE_DECIMALS}f}",
+                    *(f"{p:.{TIMELINE_DECIMALS}f}" for p in r.probs),
                 ]
             )
             self.rows += 1
