@@ -496,7 +496,7 @@ def _refuse_study_model_overrides(overrides: list[str]) -> None:
     """`model.*` is the study model's group: with --fast it would change nothing trained, so
     the run would silently repeat the committed live model under another name."""
     for item in overrides:
-        key, _, value = item.lstrip("+~").partition("=")
+        key, _, value = item.partition("=")  # apply_overrides' form: group.key=value
         if key == "model" or key.startswith("model."):
             parts = key.split(".")
             hint = f"fast.options.{parts[-1]}={value}" if len(parts) == 3 else "fast.options.<key>"

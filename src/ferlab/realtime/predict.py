@@ -21,6 +21,7 @@ from ferlab.realtime.runtime import detect_faces, face_crop, label_of
 from ferlab.realtime.video import NO_FACE, check_output_file, padded_row
 
 UNREADABLE = "unreadable"  # the label of the row of a file that is not a readable image
+PREDICT_DECIMALS = 6  # the decimals of a probability in the predictions CSV
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "file",
     "face",
@@ -138,15 +139,15 @@ def predict_images(
                         summary.without_face += 1
                     continue
                 probabilities = next(probs)
-                label, confidence = label_of(probabilities, threshold, decimals=6)
+                label, confidence = label_of(probabilities, threshold, PREDICT_DECIMALS)
                 writer.writerow(
                     [
                         str(path),
                         face_index,
                         *(f"{v:.2f}" for v in box),
                         label,
-                        f"{confidence:.6f}",
-                        *(f"{p:.6f}" for p in probabilities),
+                        f"{confidence:.{PREDICT_DECIMALS}f}",
+                        *(f"{p:.{PREDICT_DECIMALS}f}" for p in probabilities),
                     ]
                 )
                 summary.faces += 1
