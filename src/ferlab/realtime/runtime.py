@@ -49,7 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "threads": 1,
         "detect_max_side": 320,
         "detect_every": 6,
-        "classify_every": 12,
+        "classify_every": 3,
         "max_missed": 11,  # a face missed by one detection keeps its id
     },
 }
@@ -69,7 +69,7 @@ class RealtimeSettings:
     max_missed: int = 5  # frames a face may go unseen (undetected, or lost) and keep its id
     detect_every: int = 3  # full detection every N frames; tracked boxes in between
     track_method: str = "flow"  # flow | template: how boxes move between detections
-    classify_every: int = 6  # a tracked face is classified again after this many frames...
+    classify_every: int = 2  # a tracked face is classified again after this many frames...
     classify_shift: float = 0.15  # ...or when its box moved or grew by this fraction of its side
     threads: int = 0  # CPU threads for the whole loop; 0: every core this process may use
     profile: str = "default"  # a key of PROFILES (see from_params)
