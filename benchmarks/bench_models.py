@@ -21,10 +21,8 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ferlab.io import write_json, write_text
+from ferlab.machine import cpu_name
 from ferlab.models import build_model
 from ferlab.training.losses import total_loss
 
@@ -92,17 +91,6 @@ CASES = (
     Case("ddamfn", 64),
     Case("ddamfn", 112),
 )
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def macs_per_face(case: Case) -> float:
