@@ -1,6 +1,7 @@
 """`ferlab train-run`: one variation trained outside the DAG as the train stages train it (two
 torchrun processes), scored on the evaluate stage's protocols, exported and timed; and
-scripts/runs_table.py, which lists such runs side by side."""
+scripts/runs_table.py, which lists such runs side by side, and scripts/ensemble_runs.py, which
+scores their averaged probabilities."""
 
 from __future__ import annotations
 
@@ -104,3 +105,36 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert f"| narrow | baseline | {row['parameters'] / 1e6:.2f}M | 2 |" in text
     command = "ferlab train-run narrow --fast -S fast.train.epochs=2 -S fast.options.width=0.25"
     assert f"- narrow: `{command}`" in text
+
+    # Averaged with another model, scored on the same protocols: one model alone is the run's
+    # own evaluation; a missing checkpoint is named in one line.
+    ensemble = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/ensemble_runs.py"),
+            "models/runs/narrow/model.pt",
+            "models/fast.pt",
+            "--out",
+            "ens",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert ensemble.returncode == 0, ensemble.stderr
+    rows = json.loads((project / "ens.json").read_text())["rows"]
+    assert [len(r["models"]) for r in rows] == [1, 2]
+    for protocol in ("reference_private", "clean_test", "test"):
+        assert rows[0][protocol]["accuracy"] == metrics[protocol]["accuracy"]
+    assert rows[0]["val"] == metrics["val"]["accuracy"]
+    assert "| 2 | `models/fast.pt` |" in (project / "ens.md").read_text()
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/ensemble_runs.py"), "models/none.pt"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1] == (
+        "ensemble_runs: models/none.pt: no such checkpoint; train it first"
+    )
