@@ -21,15 +21,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ferlab.cli import TRAIN_RUN_PROTOCOLS  # noqa: E402  (the protocols a run is scored on)
 from ferlab.config import data_path, load_params  # noqa: E402
 from ferlab.evaluation.evaluate import EvaluateSettings, load_inputs  # noqa: E402
 from ferlab.evaluation.metrics import classification_metrics  # noqa: E402
 from ferlab.inference import load_classifier, softmax  # noqa: E402
 from ferlab.io import write_json, write_text  # noqa: E402
 from ferlab.machine import cpu_name  # noqa: E402
-
-PROTOCOLS = ("reference_private", "clean_test", "test")
-COLUMNS = ("FER+ reference", "clean test", "plurality test")
 
 
 def probabilities(checkpoints: list[Path], params: dict, arrays: str) -> tuple[list, list, object]:
@@ -69,7 +67,7 @@ def rows_for(checkpoints: list[Path], val: list, test: list, inputs) -> list[dic
             "models": [str(p) for p in checkpoints[:k]],
             "val": classification_metrics(inputs.val[1], mean_val)["accuracy"],
         }
-        for protocol in PROTOCOLS:
+        for protocol in TRAIN_RUN_PROTOCOLS:
             if protocol in inputs.protocols:
                 index, labels = inputs.protocols[protocol]
                 m = classification_metrics(labels, mean_test[index])
@@ -86,13 +84,13 @@ def markdown(rows: list[dict], cpu: str) -> str:
         "stage's protocols; accuracy in % (balanced in brackets). `python "
         f"scripts/ensemble_runs.py`, on {cpu}.",
         "",
-        "| k | last model added | val | " + " | ".join(COLUMNS) + " |",
-        "|---:|---|---:|" + "---:|" * len(COLUMNS),
+        "| k | last model added | val | " + " | ".join(TRAIN_RUN_PROTOCOLS.values()) + " |",
+        "|---:|---|---:|" + "---:|" * len(TRAIN_RUN_PROTOCOLS),
     ]
     for k, row in enumerate(rows, 1):
         cells = [
             f"{100 * row[p]['accuracy']:.2f} ({100 * row[p]['balanced']:.2f})" if p in row else "-"
-            for p in PROTOCOLS
+            for p in TRAIN_RUN_PROTOCOLS
         ]
         lines.append(
             f"| {k} | `{row['models'][-1]}` | {100 * row['val']:.2f} | " + " | ".join(cells) + " |"
@@ -110,10 +108,10 @@ def main() -> None:
     val, test, inputs = probabilities(args.checkpoints, params, args.arrays)
     rows = rows_for(args.checkpoints, val, test, inputs)
     cpu = cpu_name()
-    out = Path(args.out)
+    out, text = Path(args.out), markdown(rows, cpu)
     write_json(out.with_suffix(".json"), {"cpu": cpu, "rows": rows})
-    write_text(out.with_suffix(".md"), markdown(rows, cpu))
-    print(markdown(rows, cpu))
+    write_text(out.with_suffix(".md"), text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ def logical_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# Matrix instructions that change how fast training and inference run, best first: the
+# Vector and matrix instructions that change how fast training and inference run, best first: the
 # `flags` (x86) or `Features` (ARM) words of /proc/cpuinfo that mark them. Two CPUs with the same
 # model name (a cloud VM's "AMD EPYC") can differ here by several-fold in bf16 throughput.
 VECTOR_FEATURES = (
