@@ -36,7 +36,7 @@ import pandas as pd
 
 from ferlab.classes import CLASSES
 from ferlab.faces.detect import FaceDetector
-from ferlab.inference import bundled_model_path, load_classifier
+from ferlab.inference import bundled_model_path, load_classifier, model_label
 from ferlab.io import write_json, write_text
 from ferlab.machine import cpu_name
 from ferlab.realtime import FramePipeline, RealtimeSettings, annotate_video, iou
@@ -92,7 +92,7 @@ def ms_per_face(classifier: Any, faces: np.ndarray, repeats: int) -> dict[str, f
 def describe(classifier: Any) -> dict[str, Any]:
     meta = classifier.meta
     return {
-        "model": meta.get("model", {}).get("name"),
+        "model": model_label(meta["model"]) if "model" in meta else None,
         "input_size": meta.get("input_size"),
         "precision": meta.get("precision", "fp32"),
     }

@@ -10,7 +10,9 @@ The table goes to reports/ablation_fast.{json,md}.
     python scripts/ablation.py --epochs 1 --only recipe,no-ema --out /tmp/ablation
 
 Changes go under `fast.train` (the live model's overrides) so the study model's stage keeps
-its params and DVC does not retrain it; `~evaluate.models.study` scores the live model only.
+its params and DVC does not retrain it; `~evaluate.models.study` and `~evaluate.models.fast_pair`
+score the live model only (the evaluate stage still depends on `train_fast_second`, so each
+experiment trains that second seed too, on the same short schedule).
 An ablation whose training params equal another's (the eval-only rows) is restored from DVC's
 run-cache and costs only its evaluation.
 """
@@ -121,7 +123,11 @@ def main() -> None:
         raise SystemExit(f"ablation: choose --epochs ≥ 1 and --only from {', '.join(known)}")
     # Queued experiments run in copies of the repo: point them all at this project's store.
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
-    short = [f"fast.train.epochs={args.epochs}", "~evaluate.models.study"]
+    short = [
+        f"fast.train.epochs={args.epochs}",
+        "~evaluate.models.study",
+        "~evaluate.models.fast_pair",
+    ]
     baseline_rev = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True, check=True
     ).stdout.strip()

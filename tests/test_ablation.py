@@ -30,7 +30,15 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
     for name, _, overrides in ablation.ABLATIONS:
         path = tmp_path / f"{name}.yaml"
         path.write_text((ROOT / "params.yaml").read_text())
-        apply_overrides(str(path), ["fast.train.epochs=3", "~evaluate.models.study", *overrides])
+        apply_overrides(
+            str(path),
+            [
+                "fast.train.epochs=3",
+                "~evaluate.models.study",
+                "~evaluate.models.fast_pair",
+                *overrides,
+            ],
+        )
         changed = yaml.safe_load(path.read_text())
         for key in study:
             old, new = base, changed

@@ -355,7 +355,12 @@ def _scratch_project(fer_zip: zipfile.ZipFile, trained, root: Path) -> tuple[Pat
     params["data"]["votes"] = str(Path(fer_zip.filename).parent / "ferplus_votes.csv")
     params["evaluate"] = {
         "batch_size": 64,
-        "models": {"tiny": "models/model.pt", "fast": "models/fast.pt"},
+        # a list is one model: the mean of its checkpoints' probabilities
+        "models": {
+            "tiny": "models/model.pt",
+            "fast": "models/fast.pt",
+            "pair": ["models/model.pt", "models/fast.pt"],
+        },
         "tta_flip": True,
         "logit_adjust_tau": 1.0,
     }
@@ -381,7 +386,7 @@ def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert list(metrics) == ["tiny", "fast"]
+    assert list(metrics) == ["tiny", "fast", "pair"]
     n_test = len(facts["test"])
     votes = read_votes(Path(fer_zip.filename).parent / "ferplus_votes.csv")
     expected_private = len(reference_subset(votes, "PrivateTest", facts["test"]["path"])[0])
@@ -427,8 +432,12 @@ def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Pa
             "attention_maps",
         ):
             assert (project / f"reports/figures/evaluation/{name}_{figure}.png").stat().st_size
-    # The two models are scored independently: different numbers, not one copied.
+    # The models are scored independently: different numbers, not one copied.
     assert metrics["tiny"]["test"] != metrics["fast"]["test"]
+    assert metrics["pair"]["test"] not in (metrics["tiny"]["test"], metrics["fast"]["test"])
+    pair = json.loads((project / "reports/evaluation/pair.json").read_text())
+    assert pair["checkpoint"] == ["models/model.pt", "models/fast.pt"]
+    assert pair["model"].startswith("mean of ")
     confusion_csv = pd.read_csv(project / "reports/confusion_test.csv")
     assert list(confusion_csv.columns) == ["actual", "predicted"] and len(confusion_csv) == n_test
 

@@ -22,11 +22,12 @@ PIPELINE_STAGES = (
     "preprocess",
     "train",
     "train_fast",
+    "train_fast_second",
     "evaluate",
     "export",
 )
 # The models the evaluate stage scores and the export stage exports (params evaluate.models).
-MODELS = ("study", "fast")
+MODELS = ("study", "fast", "fast_pair")
 
 
 def project_copy(target: Path) -> Path:
@@ -117,6 +118,11 @@ def test_dvc_repro_through_evaluate_and_export(
     assert set(metrics) == set(MODELS), sorted(metrics)
     assert metrics["study"]["model"] == "baseline"
     assert metrics["fast"]["model"] == params["fast"]["model"]
+    # The live model's second seed: the same recipe, other weights; the pair is their mean.
+    second = lock["stages"]["train_fast_second"]["params"]["params.yaml"]
+    assert second["fast_second.seed"] == params["fast_second"]["seed"] != params["seed"]
+    assert (repo / "models/fast_second.pt").read_bytes() != (repo / "models/fast.pt").read_bytes()
+    assert metrics["fast_pair"]["model"] == f"mean of 2× {params['fast']['model']}"
     for name in MODELS:
         entry = metrics[name]
         for split in ("val", "test"):

@@ -109,7 +109,8 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
     ("key", "value", "stages"),
     [
         (("evaluate", "tta_flip"), False, {"evaluate"}),
-        (("fast", "train", "epochs"), 99, {"train_fast"}),
+        (("fast", "train", "epochs"), 99, {"train_fast", "train_fast_second"}),
+        (("fast_second", "seed"), 8, {"train_fast_second"}),
         # the study model's options and schedule are not the live model's (fast.options and
         # fast.train's overrides)
         (("model", "ddamfn", "dropout"), 0.5, {"train"}),
@@ -143,6 +144,18 @@ def test_the_live_models_stage_declares_every_train_key_it_reads() -> None:
     assert declared == read, (
         f"dvc.yaml train_fast: declare {sorted(read - declared)}, drop {sorted(declared - read)}"
     )
+
+
+def test_the_second_live_model_reads_what_the_first_does_but_its_seed() -> None:
+    """train_fast_second is train_fast's job from another seed: the same params and code, or a
+    change to the live recipe would leave half of the `fast_pair` candidate stale."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    first, second = stages["train_fast"], stages["train_fast_second"]
+    assert "fast_second.seed" in second["params"] and "seed" not in second["params"]
+    assert set(second["params"]) - {"fast_second.seed"} == set(first["params"]) - {"seed"}
+    assert set(second["deps"]) - {"stages/train_fast_second.py"} == set(first["deps"]) - {
+        "stages/train.py"
+    }
 
 
 def test_a_fresh_clone_previews_the_whole_plan_with_dvc_status(tmp_path: Path) -> None:

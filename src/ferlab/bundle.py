@@ -134,7 +134,7 @@ def bundle(
         ),
         "candidates": rows,
         "metrics": metrics[chosen["model"]],
-        "params": {k: params.get(k) for k in ("seed", "model", "fast", "train")},
+        "params": {k: params.get(k) for k in ("seed", "model", "fast", "fast_second", "train")},
         "git_commit": git_commit(),
         "file": "model.onnx",
         "size_bytes": (target_dir / "model.onnx").stat().st_size,

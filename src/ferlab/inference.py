@@ -13,6 +13,9 @@ offers the same options:
 
 `predict_proba` is the softmax of the same adjusted logits, so its argmax is `predict`'s
 answer and the live recogniser's thresholds apply to what it decides.
+
+Several checkpoints given together are one model (`MeanOfModels`): the mean of their class
+probabilities, scored, exported and deployed like any single checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from torch import nn
 
 from ferlab.checkpoint import NORMALIZATION, load_model
 from ferlab.classes import CLASSES
+
+# One checkpoint, or several whose mean probability is the model (evaluate.models' lists).
+ModelSource = str | Path | Sequence[str | Path]
 
 INPUT_NAME = "faces"
 OUTPUT_NAME = "logits"
@@ -82,6 +88,81 @@ def prior_from_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     if len(counts) != n_classes or counts.sum() == 0:
         raise ValueError(f"labels must be class indices below {n_classes}, and not none")
     return check_prior(counts / counts.sum(), n_classes)
+
+
+class MeanOfModels(nn.Module):
+    """Several trained models as one: it returns the log of their mean class probability.
+
+    The softmax of that output is the mean probability itself, so it stands in for one model's
+    logits: temperature, prior correction and flip TTA apply unchanged, and it exports to ONNX
+    as one graph (one session, one call per batch in the live loop).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()  # no -inf where every member is certain
+
+
+def source_name(source: ModelSource) -> str | list[str]:
+    """How reports name a model source: its path, or the list of its checkpoints."""
+    return str(source) if isinstance(source, (str, Path)) else [str(p) for p in source]
+
+
+def model_label(spec: dict[str, Any]) -> str:
+    """A model spec's name for reports: the registry name, or "mean of 2× baseline"."""
+    if spec.get("name") != "mean":
+        return str(spec["name"])
+    names = [str(m["name"]) for m in spec["members"]]
+    if len(set(names)) == 1:
+        return f"mean of {len(names)}× {names[0]}"
+    return "mean of " + ", ".join(names)
+
+
+def source_paths(source: ModelSource) -> list[Path]:
+    """The files a model source reads."""
+    return [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
+
+
+# Metadata all members of a MeanOfModels must share: the same inputs, classes and training data
+# (the mean keeps the first member's class prior).
+_MEMBER_KEYS = ("classes", "input_size", "normalization", "variant", "data_sha256", "class_prior")
+
+
+def load_models(
+    source: ModelSource, expected_classes: tuple[str, ...] | None = CLASSES
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model `source` names, in eval mode, with its metadata: one checkpoint as
+    `load_model` rebuilds it, or several as a `MeanOfModels`.
+
+    A mean's metadata is its first member's (input, classes, variant, class prior), with
+    `model` = {"name": "mean", "members": [each member's model spec]} and `checkpoints`.
+    """
+    if isinstance(source, (str, Path)):
+        return load_model(source, expected_classes)
+    paths = [Path(p) for p in source]
+    if not paths:
+        raise ValueError("an empty list of checkpoints is no model; give at least one")
+    if len(paths) == 1:
+        return load_model(paths[0], expected_classes)
+    loaded = [load_model(p, expected_classes) for p in paths]
+    first = loaded[0][1]
+    for path, (_, meta) in zip(paths[1:], loaded[1:], strict=True):
+        for key in _MEMBER_KEYS:
+            if meta.get(key) != first.get(key):
+                raise ValueError(
+                    f"{path}: {key} {meta.get(key)!r} differs from {paths[0]}'s "
+                    f"{first.get(key)!r}; a mean needs models trained on the same inputs"
+                )
+    meta = {
+        **first,
+        "model": {"name": "mean", "members": [m["model"] for _, m in loaded]},
+        "checkpoints": [str(p) for p in paths],
+    }
+    return MeanOfModels([model for model, _ in loaded]).eval(), meta
 
 
 class FaceClassifier:
@@ -203,12 +284,13 @@ class TorchClassifier(FaceClassifier):
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        path: ModelSource,
         device: str = "cpu",
         expected_classes: tuple[str, ...] | None = CLASSES,
         **options: Any,
     ) -> TorchClassifier:
-        model, meta = load_model(path, expected_classes)
+        """One checkpoint, or a list of them as their mean (`load_models`)."""
+        model, meta = load_models(path, expected_classes)
         return cls(model, meta, device, **options)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -293,9 +375,10 @@ def bundled_model_path() -> Path:
 
 
 def load_classifier(
-    path: str | Path | None = None, threads: int = 0, **options: Any
+    path: ModelSource | None = None, threads: int = 0, **options: Any
 ) -> FaceClassifier:
-    """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime).
+    """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime); a list
+    of .pt checkpoints is their mean (`MeanOfModels`).
 
     No path means the bundled model, so the commands work right after install. `options` are
     the classifier options (`tta_flip`, `temperature`, `class_prior`, `logit_adjust_tau`);
@@ -308,6 +391,14 @@ def load_classifier(
                 f"{path}: this install has no bundled model; pass --model models/model.pt "
                 "(or an .onnx export), or run `dvc repro export` to create it"
             )
+    if not isinstance(path, (str, Path)):
+        paths = [Path(p) for p in path]
+        wrong = [p for p in paths if p.suffix.lower() != ".pt"]
+        if wrong:
+            raise ValueError(f"{wrong[0]}: a mean of models takes .pt checkpoints only")
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchClassifier.from_checkpoint(paths, **options)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".pt":

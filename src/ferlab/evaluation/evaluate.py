@@ -42,7 +42,16 @@ from ferlab.evaluation.protocols import (
     read_votes,
     reference_subset,
 )
-from ferlab.inference import FaceClassifier, load_classifier, prior_from_labels, softmax
+from ferlab.inference import (
+    FaceClassifier,
+    ModelSource,
+    load_classifier,
+    model_label,
+    prior_from_labels,
+    softmax,
+    source_name,
+    source_paths,
+)
 from ferlab.io import atomic_path, write_json
 
 Log = Callable[[str], None]
@@ -57,7 +66,8 @@ DEFAULT_MODELS = {"study": "models/model.pt"}
 class EvaluateSettings:
     """The `evaluate` group of params.yaml (with the defaults used before a key is added)."""
 
-    models: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    # name -> checkpoint, or a list of checkpoints scored as their mean (`MeanOfModels`)
+    models: Mapping[str, str | list[str]] = field(default_factory=lambda: dict(DEFAULT_MODELS))
     batch_size: int = 256
     tta_flip: bool = True
     logit_adjust_tau: float = 1.0
@@ -71,17 +81,25 @@ class EvaluateSettings:
                 "params.yaml evaluate.models must map model names to checkpoints, "
                 "e.g. {ddamfn: models/model.pt}"
             )
-        for name in models:
+        for name, source in models.items():
             if not MODEL_NAME.match(str(name)):
                 raise DataError(
                     f"params.yaml evaluate.models: name {name!r} must be letters, digits, _ "
                     "or - (it becomes a metric prefix and a file name)"
                 )
+            if isinstance(source, list) and not source:
+                raise DataError(
+                    f"params.yaml evaluate.models.{name} is an empty list; give a checkpoint "
+                    "or a list of them (scored as their mean)"
+                )
         tau = float(group.get("logit_adjust_tau", 1.0))
         if tau < 0:
             raise DataError(f"params.yaml evaluate.logit_adjust_tau = {tau} must be 0 or more")
         return cls(
-            models={str(k): str(v) for k, v in models.items()},
+            models={
+                str(k): [str(p) for p in v] if isinstance(v, list) else str(v)
+                for k, v in models.items()
+            },
             batch_size=int(group.get("batch_size", 256)),
             tta_flip=bool(group.get("tta_flip", True)),
             logit_adjust_tau=tau,
@@ -117,10 +135,12 @@ def producing_stage(path: str | Path, dvc_yaml: str | Path = "dvc.yaml") -> str 
     return None
 
 
-def check_checkpoints(models: Mapping[str, str]) -> None:
+def check_checkpoints(models: Mapping[str, ModelSource]) -> None:
     """Every listed model file exists, or one line naming it and the stage that writes it."""
-    for name, path in models.items():
-        if not Path(path).is_file():
+    for name, source in models.items():
+        for path in source_paths(source):
+            if path.is_file():
+                continue
             stage = producing_stage(path)
             fix = f"run `dvc repro {stage}`" if stage else "train or export it first"
             raise FileNotFoundError(
@@ -209,7 +229,7 @@ def headline(detail: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_model(
     name: str,
-    path: str | Path,
+    path: ModelSource,
     settings: EvaluateSettings,
     inputs_for: Callable[[str], Inputs],
     details: Path,
@@ -228,7 +248,8 @@ def evaluate_model(
     classifier.logit_adjust_tau = settings.logit_adjust_tau
     val_images, val_labels, _ = inputs.val
     test_images, test_labels, _ = inputs.test
-    log(f"evaluate: {name} ({path}): {len(val_labels)} val and {len(test_labels)} test faces")
+    shown = " + ".join(str(p) for p in source_paths(path))
+    log(f"evaluate: {name} ({shown}): {len(val_labels)} val and {len(test_labels)} test faces")
     val_logits = classifier.logits(val_images, settings.batch_size)
     test_logits = classifier.logits(test_images, settings.batch_size)
     classifier.temperature = fit_temperature(val_logits, val_labels)
@@ -246,8 +267,8 @@ def evaluate_model(
 
     detail: dict[str, Any] = {
         "name": name,
-        "checkpoint": str(path),
-        "model": classifier.meta["model"]["name"],
+        "checkpoint": source_name(path),
+        "model": model_label(classifier.meta["model"]),
         "variant": variant,
         "tta_flip": settings.tta_flip,
         "logit_adjust_tau": settings.logit_adjust_tau,
@@ -312,7 +333,7 @@ def _attention(
     from ferlab.evaluation.attention_maps import attention_figure
 
     model = getattr(classifier, "model", None)
-    name = classifier.meta["model"]["name"]
+    name = model_label(classifier.meta["model"])
     if not hasattr(model, "forward_with_heads"):
         note_figure(f"{name} has no attention heads: no attention maps", path)
         return
@@ -475,7 +496,7 @@ def evaluate_checkpoint(
     reports = Path(reports)
     classifier = load_classifier(checkpoint, temperature=1.0)
     variant = str(classifier.meta.get("variant", "original"))
-    results: dict[str, Any] = {"variant": variant, "model": classifier.meta["model"]["name"]}
+    results: dict[str, Any] = {"variant": variant, "model": model_label(classifier.meta["model"])}
     for split in ("val", "test"):
         images, labels, paths = load_split(split, variant, arrays_root)
         logits = classifier.logits(images, batch_size)

@@ -21,7 +21,7 @@ from ferlab.classes import CLASSES
 from ferlab.evaluation.evaluate import protocol_metrics
 from ferlab.evaluation.metrics import classification_metrics, confusion_matrix
 from ferlab.evaluation.plots import confusion_figure
-from ferlab.inference import FaceClassifier
+from ferlab.inference import FaceClassifier, model_label
 from ferlab.io import atomic_path, write_json
 
 Log = Callable[[str], None]
@@ -189,7 +189,7 @@ def evaluate_folder(
     missing = [str(p) for p, ok in zip(paths, crops.found, strict=True) if not ok]
     result = {
         "folder": str(root),
-        "model": classifier.meta["model"]["name"],
+        "model": model_label(classifier.meta["model"]),
         "model_file": model_file,
         "detection": detector is not None,
         "tta_flip": classifier.tta_flip,

@@ -230,7 +230,7 @@ def detection_section(reports: Path) -> list[str]:
 
 def training_section(reports: Path) -> list[str]:
     lines = ["## Training", ""]
-    for name, rel in TRAIN_REPORTS.items():
+    for name, rel in STAGE_TRAIN_REPORTS.items():
         if (reports / rel).is_file():
             lines += [f"### `{name}`", "", *_training_rows(reports, rel)]
     if len(lines) == 2:
@@ -284,8 +284,19 @@ def _model_entries(metrics: Any) -> dict[str, dict[str, Any]] | None:
     return entries or None
 
 
-# Where each evaluated model's training report lives (evaluate.models names).
-TRAIN_REPORTS = {"study": "train.json", "fast": "fast/train.json"}
+# Each train stage's report (the study model, the live model, the live model's second seed).
+STAGE_TRAIN_REPORTS = {
+    "study": "train.json",
+    "fast": "fast/train.json",
+    "fast_second": "fast_second/train.json",
+}
+# Where each evaluated model's training reports live (evaluate.models names); a mean of models
+# lists its members' reports, and its training minutes are their sum.
+TRAIN_REPORTS = {
+    "study": ["train.json"],
+    "fast": ["fast/train.json"],
+    "fast_pair": ["fast/train.json", "fast_second/train.json"],
+}
 
 
 def summary_table(reports: str | Path) -> list[str]:
@@ -300,15 +311,18 @@ def summary_table(reports: str | Path) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in entries.items():
-        train = _load(reports, TRAIN_REPORTS.get(name, f"{name}/train.json")) or {}
+        trains = [_load(reports, r) or {} for r in TRAIN_REPORTS.get(name, [f"{name}/train.json"])]
         speed = (exports.get(name) or {}).get("ms_per_face_1_thread") or {}
         ms = f"{speed['fp32']:.2f}" if "fp32" in speed else "–"
-        minutes = train.get("train_minutes")
+        runs = [t.get("epochs_run") for t in trains]
+        epochs = " + ".join(str(e) for e in runs) if None not in runs else "–"
+        spent = [t.get("train_minutes") for t in trains]
+        minutes = sum(spent) if all(isinstance(v, int | float) for v in spent) else None
         lines.append(
             f"| `{name}`: {m.get('model', '?')} | {_pct(m['reference_private']['accuracy'])}% | "
             f"{_pct(m['clean_test']['accuracy'])}% | "
             f"{_pct(m['clean_test']['balanced_accuracy'])}% | {_pct(m['test']['accuracy'])}% | "
-            f"{train.get('epochs_run', '–')} | "
+            f"{epochs} | "
             f"{f'{minutes:.0f}' if isinstance(minutes, int | float) else '–'} | {ms} |"
         )
     return lines
