@@ -53,6 +53,14 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def shown(path: Path) -> str:
+    """A model's path as the report names it: relative to this checkout where it is inside."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def candidate_models(given: list[str]) -> list[Path]:
     """The models named, or the bundled model and every models/onnx/*.onnx present."""
     if given:
@@ -231,7 +239,7 @@ def main() -> None:
             entry.setdefault("about", describe(classifier))
             entry[f"{threads}_threads"] = ms_per_face(classifier, faces, args.repeats)
             print(f"{path}: {entry[f'{threads}_threads']['median_ms']:.2f} ms per face, {threads}t")
-        latency[str(path)] = entry
+        latency[shown(path)] = entry
     report["ms_per_face_batch1"] = latency
 
     live = RealtimeSettings.load()
@@ -245,7 +253,7 @@ def main() -> None:
         "pi profile, 1 thread": RealtimeSettings.load(profile="pi"),
     }
     loop_model = args.loop_model or bundled_model_path()
-    report["loop_model"] = {"path": str(loop_model), **describe(load_classifier(loop_model))}
+    report["loop_model"] = {"path": shown(loop_model), **describe(load_classifier(loop_model))}
     report["settings"] = {name: asdict(s) for name, s in loops.items()}
     report["detection_sizes"], report["video_loop"], report["videos"] = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_realtime_") as tmp:
