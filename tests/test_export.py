@@ -42,8 +42,11 @@ def train_small(
 ) -> Path:
     """A small real model fitted on the given faces (it does well on them: that is the point)."""
     from ferlab.models import build_model
-    from ferlab.training.loop import TrainConfig, fit
+    from ferlab.training.loop import TrainConfig, fit, seed_everything
 
+    # The initial weights come from the global RNG: seeded here, a test's model does not depend
+    # on which tests ran before it in the same process.
+    seed_everything(7)
     spec = dict(SMALL_SPEC)
     model = build_model(spec.pop("name"), input_size=48, **spec)
     config = TrainConfig(
@@ -202,6 +205,51 @@ def test_int8_keeps_static_unless_dynamic_is_clearly_better_and_no_slower() -> N
     assert pick_int8({"static": 0.5, "dynamic": 0.9}, {"static": 2, "dynamic": 1}, methods) == (
         "dynamic"
     )
+
+
+def _export_entry(name: str, fp32: tuple[float, float], int8: tuple[float, float], drop: float):
+    """export.json's entry for a model: (ms a face, MB) of each precision, int8's drop."""
+    return {
+        "files": {"fp32": f"models/onnx/{name}.onnx", "int8": f"models/onnx/{name}.int8.onnx"},
+        "sha256": {"fp32": "a" * 64, "int8": "b" * 64},
+        "fp32_size_mb": fp32[1],
+        "int8_size_mb": int8[1],
+        "ms_per_face_1_thread": {"fp32": fp32[0], "int8": int8[0]},
+        "int8_accuracy_drop": drop,
+    }
+
+
+def _scores(reference: float, clean: float) -> dict:
+    return {
+        "reference_private": {"accuracy": reference},
+        "clean_test": {"accuracy": clean, "balanced_accuracy": 0.59},
+        "test": {"accuracy": clean},
+    }
+
+
+def test_bundle_keeps_to_the_live_budgets_and_counts_what_int8_lost() -> None:
+    from ferlab.bundle import candidates, choose
+    from ferlab.data import DataError
+
+    # This run's two live candidates: one net, and the mean of two whose fp32 export is over
+    # the 2 MB budget and whose int8 export lost 3 of 1,000 test faces.
+    metrics = {"fast": _scores(0.8668, 0.8280), "fast_pair": _scores(0.8715, 0.8339)}
+    exports = {
+        "fast": _export_entry("fast", (0.57, 1.77), (0.30, 0.48), 0.0),
+        "fast_pair": _export_entry("fast_pair", (1.27, 3.55), (0.61, 0.97), 0.003),
+    }
+    chosen = choose(candidates(exports, metrics))
+    assert (chosen["model"], chosen["precision"]) == ("fast_pair", "int8")
+    assert chosen["deployed_score"] == pytest.approx((0.8715 + 0.8339) / 2 - 0.003)
+    # With room for its fp32 export, the pair ships in fp32: int8 lost more than 2 in 1,000.
+    roomy = choose(candidates(exports, metrics), max_mb=4.0)
+    assert (roomy["model"], roomy["precision"]) == ("fast_pair", "fp32")
+    # An int8 copy that lost more than the pair gains is ranked below the single net.
+    exports["fast_pair"]["int8_accuracy_drop"] = 0.02
+    chosen = choose(candidates(exports, metrics))
+    assert (chosen["model"], chosen["precision"]) == ("fast", "int8")
+    with pytest.raises(DataError, match=r"--max-ms or --max-mb"):
+        choose(candidates(exports, metrics), max_ms=0.1)
 
 
 def test_load_classifier_picks_the_runtime_by_suffix(small_checkpoint, exported, tmp_path) -> None:

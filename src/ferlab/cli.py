@@ -163,6 +163,7 @@ def ui(
 @app.command()
 def bundle(
     max_ms: float = typer.Option(2.0, help="Most milliseconds a face (batch 1, one thread)."),
+    max_mb: float = typer.Option(2.0, help="Most megabytes the bundled ONNX file may weigh."),
 ) -> None:
     """Choose the bundled default model from a full run's exports and write its model card.
 
@@ -173,7 +174,7 @@ def bundle(
         from ferlab.bundle import bundle as make_bundle
         from ferlab.config import load_params
 
-        make_bundle(load_params(), max_ms=max_ms, log=typer.echo)
+        make_bundle(load_params(), max_ms=max_ms, max_mb=max_mb, log=typer.echo)
 
 
 @app.command()
