@@ -198,3 +198,28 @@ def test_study_stages_end_to_end(real_faces, tmp_path: Path) -> None:
     assert "## Test-time resize study" in text and "## Kids vs adults" in text
     assert f"| Kids | {kids:,} |" in text
     assert "`reports/metrics.json` is missing" in text
+
+
+def test_summary_rows_take_training_figures_from_the_evaluated_checkpoints(tmp_path: Path) -> None:
+    """A model of evaluate.models under any name finds its training reports through the
+    checkpoint(s) its evaluation names: a mean of two models shows both runs and their sum."""
+    from ferlab.evaluation.report import summary_table
+
+    scores = {"accuracy": 0.87, "balanced_accuracy": 0.6}
+    entry = {
+        "model": "mean of 2× baseline",
+        **{p: scores for p in ("reference_private", "clean_test", "test")},
+        "calibration": {"temperature": 1.0},
+    }
+    write_json(tmp_path / "metrics.json", {"my_pair": entry, "other": entry})
+    write_json(
+        tmp_path / "evaluation/my_pair.json",
+        {"checkpoint": ["models/fast.pt", "models/fast_second.pt"]},
+    )
+    write_json(tmp_path / "fast/train.json", {"epochs_run": 40, "train_minutes": 14.3})
+    write_json(tmp_path / "fast_second/train.json", {"epochs_run": 40, "train_minutes": 14.0})
+    rows = summary_table(tmp_path)
+    assert rows[2].startswith("| `my_pair`: mean of 2× baseline |")
+    assert "| 40 + 40 | 28 |" in rows[2]
+    # A model whose evaluation names no known checkpoint has no training figures.
+    assert "| – | – |" in rows[3]

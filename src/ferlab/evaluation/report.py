@@ -230,7 +230,7 @@ def detection_section(reports: Path) -> list[str]:
 
 def training_section(reports: Path) -> list[str]:
     lines = ["## Training", ""]
-    for name, rel in STAGE_TRAIN_REPORTS.items():
+    for name, rel in TRAIN_STAGES.values():
         if (reports / rel).is_file():
             lines += [f"### `{name}`", "", *_training_rows(reports, rel)]
     if len(lines) == 2:
@@ -284,19 +284,22 @@ def _model_entries(metrics: Any) -> dict[str, dict[str, Any]] | None:
     return entries or None
 
 
-# Each train stage's report (the study model, the live model, the live model's second seed).
-STAGE_TRAIN_REPORTS = {
-    "study": "train.json",
-    "fast": "fast/train.json",
-    "fast_second": "fast_second/train.json",
+# Each train stage's checkpoint -> (its name in the report, its training report).
+TRAIN_STAGES = {
+    "models/model.pt": ("study", "train.json"),
+    "models/fast.pt": ("fast", "fast/train.json"),
+    "models/fast_second.pt": ("fast_second", "fast_second/train.json"),
 }
-# Where each evaluated model's training reports live (evaluate.models names); a mean of models
-# lists its members' reports, and its training minutes are their sum.
-TRAIN_REPORTS = {
-    "study": ["train.json"],
-    "fast": ["fast/train.json"],
-    "fast_pair": ["fast/train.json", "fast_second/train.json"],
-}
+
+
+def _train_reports(reports: Path, name: str) -> list[str]:
+    """An evaluated model's training reports, from the checkpoint(s) its evaluation names: a
+    mean of models has one per member (its training minutes are their sum)."""
+    source = (_load(reports, f"evaluation/{name}.json") or {}).get("checkpoint")
+    paths = [source] if isinstance(source, str) else list(source or [])
+    if paths and all(p in TRAIN_STAGES for p in paths):
+        return [TRAIN_STAGES[p][1] for p in paths]
+    return [f"{name}/train.json"]
 
 
 def summary_table(reports: str | Path) -> list[str]:
@@ -311,7 +314,7 @@ def summary_table(reports: str | Path) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in entries.items():
-        trains = [_load(reports, r) or {} for r in TRAIN_REPORTS.get(name, [f"{name}/train.json"])]
+        trains = [_load(reports, r) or {} for r in _train_reports(reports, name)]
         speed = (exports.get(name) or {}).get("ms_per_face_1_thread") or {}
         ms = f"{speed['fp32']:.2f}" if "fp32" in speed else "–"
         runs = [t.get("epochs_run") for t in trains]
