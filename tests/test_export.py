@@ -18,7 +18,7 @@ import yaml
 from test_pipeline_e2e import project_copy
 
 from ferlab.classes import CLASSES
-from ferlab.export import choose_int8, export_onnx, pick_int8, read_metadata
+from ferlab.export import choose_int8, export_onnx, pick_int8, quantize_int8, read_metadata
 from ferlab.inference import (
     OnnxClassifier,
     TorchClassifier,
@@ -145,6 +145,30 @@ def test_int8_accuracy_drop_on_real_faces_is_measured(fer_zip, real_faces, expor
     assert not list(exported.parent.glob("model.int8.*.onnx"))  # the losing candidate is gone
 
 
+def test_int8_keeps_the_convs_on_the_input_face_in_float(fer_zip, exported, tmp_path) -> None:
+    """The first conv reads the one-channel face: int8 leaves it (its weights and its input) in
+    float and quantises the rest."""
+    calibration, _ = real_train_faces(fer_zip, 8)
+    graph = onnx.load(str(exported)).graph
+    first = [n for n in graph.node if n.op_type == "Conv" and n.input[0] == graph.input[0].name]
+    assert len(first) == 1
+    for method in ("static", "dynamic"):
+        out = tmp_path / f"{method}.onnx"
+        quantize_int8(exported, out, method, calibration)
+        quantized = onnx.load(str(out)).graph
+        convs = [n for n in quantized.node if n.op_type in ("Conv", "ConvInteger")]
+        readers = [n for n in quantized.node if quantized.input[0].name in n.input]
+        # nothing quantises the face itself: it goes straight into a float Conv
+        assert [n.op_type for n in readers] == ["Conv"], (method, readers)
+        weights = {i.name: i for i in quantized.initializer}
+        assert weights[readers[0].input[1]].data_type == onnx.TensorProto.FLOAT
+        # ...and the later convs are int8 (QDQ pairs for static, ConvInteger for dynamic)
+        if method == "static":
+            assert sum(n.op_type == "QuantizeLinear" for n in quantized.node) >= len(convs) - 1
+        else:
+            assert sum(n.op_type == "ConvInteger" for n in quantized.node) == len(convs) - 1
+
+
 @pytest.fixture(scope="module")
 def second_checkpoint(real_faces, small_checkpoint: Path) -> Path:
     """Another small model on the same faces (fewer epochs: other weights, other answers)."""
@@ -174,6 +198,16 @@ def test_a_list_of_checkpoints_is_the_mean_of_their_probabilities(
     exported = OnnxClassifier(out, temperature=1.0)
     assert np.abs(exported.predict_proba(images) - pair.predict_proba(images)).max() < 1e-4
     assert json.loads(read_metadata(out)["model"])["name"] == "mean"
+    # The command line exports the same graph from several checkpoints.
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    from_cli = tmp_path / "cli_pair.onnx"
+    done = CliRunner().invoke(app, ["export", *map(str, members), "--out", str(from_cli)])
+    assert done.exit_code == 0, done.output
+    cli_probs = OnnxClassifier(from_cli, temperature=1.0).predict_proba(images)
+    assert np.abs(cli_probs - pair.predict_proba(images)).max() < 1e-4
 
     # Members must see the same inputs: a model of the other preprocessing variant is refused.
     import torch

@@ -39,6 +39,26 @@ def checkpoint(real_faces, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_small(images, labels, tmp_path_factory.mktemp("predict") / "model.pt")
 
 
+def test_predict_with_two_models_gives_the_mean_of_their_probabilities(
+    real_faces, checkpoint, tmp_path
+) -> None:
+    images, labels = real_faces
+    second = train_small(images, labels, tmp_path / "second.pt", epochs=5)
+    write_faces(images, labels, tmp_path / "faces")
+    out = {}
+    runs = {"first": [checkpoint], "second": [second], "mean": [checkpoint, second]}
+    for name, models in runs.items():
+        out[name] = tmp_path / f"{name}.csv"
+        args = ["predict", str(tmp_path / "faces"), "--no-detect", "--out", str(out[name])]
+        done = runner.invoke(app, [*args, *(a for m in models for a in ("--model", str(m)))])
+        assert done.exit_code == 0, done.output
+    probs = {k: pd.read_csv(v).set_index("file")[list(CLASSES)] for k, v in out.items()}
+    first, second_probs = probs["first"], probs["second"].loc[probs["first"].index]
+    mean = probs["mean"].loc[first.index].to_numpy()
+    assert np.abs(first.to_numpy() - second_probs.to_numpy()).max() > 0.05  # two different models
+    assert np.abs(mean - (first.to_numpy() + second_probs.to_numpy()) / 2).max() < 1e-5
+
+
 def test_predict_no_detect_agrees_with_evaluate(real_faces, checkpoint, tmp_path) -> None:
     from ferlab.evaluation.evaluate import evaluate_checkpoint
 

@@ -182,9 +182,7 @@ def evaluate(
     folder: str = typer.Argument(
         ..., help="Labelled faces: one subfolder per class (angry/, happy/, ... any case)."
     ),
-    model: str | None = typer.Option(
-        None, help="A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
-    ),
+    model: ModelPath = None,
     out: str = typer.Option(
         "ferlab-eval",
         "--out",
@@ -237,7 +235,7 @@ TAU_HELP = (
 )
 
 
-def _pipeline(model: str | None, threads: int, tau: float = 0.0, **overrides: object):
+def _pipeline(model: list[str] | None, threads: int, tau: float = 0.0, **overrides: object):
     """The per-frame pipeline with params.yaml's realtime settings (when run in the project)."""
     from ferlab.inference import load_classifier
     from ferlab.realtime import FramePipeline, RealtimeSettings
@@ -246,7 +244,10 @@ def _pipeline(model: str | None, threads: int, tau: float = 0.0, **overrides: ob
     return FramePipeline(load_classifier(model, threads=threads, logit_adjust_tau=tau), settings)
 
 
-MODEL_HELP = "A .pt checkpoint or an .onnx export; default: the model bundled with ferlab."
+MODEL_HELP = (
+    "A .pt checkpoint or an .onnx export; repeat it with .pt checkpoints for the mean of their "
+    "probabilities; default: the model bundled with ferlab."
+)
 
 # The options `video` and `camera` share, declared once.
 VideoOut = Annotated[
@@ -257,7 +258,7 @@ TimelineCsv = Annotated[
     str | None,
     typer.Option("--csv", help="Per-frame CSV timeline to write; an existing folder is refused."),
 ]
-ModelPath = Annotated[str | None, typer.Option(help=MODEL_HELP)]
+ModelPath = Annotated[list[str] | None, typer.Option(help=MODEL_HELP)]
 Threshold = Annotated[float | None, typer.Option(help="Override realtime.threshold.")]
 Smoothing = Annotated[str | None, typer.Option(help="Override realtime.smoothing.")]
 MaxFrames = Annotated[int | None, typer.Option(help="Stop after this many frames.")]
@@ -403,7 +404,11 @@ def camera(
 
 @app.command()
 def export(
-    checkpoint: str = typer.Argument("models/model.pt", help="Checkpoint to export."),
+    checkpoints: list[str] = typer.Argument(
+        None,
+        help="Checkpoint to export (default models/model.pt); several are exported as one "
+        "graph, the mean of their probabilities.",
+    ),
     out: str = typer.Option(
         "model.onnx",
         help="fp32 ONNX file to write; a folder (existing, or ending in /) gets model.onnx "
@@ -420,16 +425,18 @@ def export(
     """Export a checkpoint to ONNX (metadata inside), optionally with an int8 copy."""
     from ferlab.realtime.video import check_output_file
 
+    checkpoints = checkpoints or ["models/model.pt"]
     target = _file_in_folder(out, "model.onnx")
     int8_target = target.with_suffix(".int8.onnx")
     with _one_line_errors():
         # Both outputs are checked before the export writes the first one.
-        check_output_file(target, [checkpoint])
+        check_output_file(target, checkpoints)
         if int8 != "none":
-            check_output_file(int8_target, [checkpoint])
+            check_output_file(int8_target, checkpoints)
         from ferlab.export import export_onnx, quantize_int8
 
-        meta = export_onnx(checkpoint, target, opset)
+        source = checkpoints[0] if len(checkpoints) == 1 else checkpoints
+        meta = export_onnx(source, target, opset)
         typer.echo(f"{target}: fp32 ONNX, opset {opset}, variant {meta['variant']}")
         if int8 != "none":
             faces = None

@@ -391,20 +391,16 @@ def load_classifier(
                 f"{path}: this install has no bundled model; pass --model models/model.pt "
                 "(or an .onnx export), or run `dvc repro export` to create it"
             )
-    if not isinstance(path, (str, Path)):
-        paths = [Path(p) for p in path]
-        wrong = [p for p in paths if p.suffix.lower() != ".pt"]
-        if wrong:
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".onnx":
+        return OnnxClassifier(paths[0], threads=threads, **options)
+    wrong = [p for p in paths if p.suffix.lower() != ".pt"]
+    if wrong:
+        if len(paths) > 1:
             raise ValueError(f"{wrong[0]}: a mean of models takes .pt checkpoints only")
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchClassifier.from_checkpoint(paths, **options)
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".pt":
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchClassifier.from_checkpoint(path, **options)
-    if suffix == ".onnx":
-        return OnnxClassifier(path, threads=threads, **options)
-    raise ValueError(f"{path}: unknown model type {suffix!r}; give a .pt checkpoint or an .onnx")
+        raise ValueError(
+            f"{wrong[0]}: unknown model type {wrong[0].suffix!r}; give a .pt checkpoint or an .onnx"
+        )
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchClassifier.from_checkpoint(paths[0] if len(paths) == 1 else paths, **options)
