@@ -265,9 +265,9 @@ def test_bundle_keeps_to_the_live_budgets_and_counts_what_int8_lost() -> None:
     from ferlab.bundle import candidates, choose
     from ferlab.data import DataError
 
-    # This run's two live candidates: one net, whose int8 export got 9 of 7,100 test faces more
-    # right than PyTorch, and the mean of two, whose fp32 export is over the 2 MB budget and
-    # whose int8 export lost 15 of them.
+    # An earlier export stage's two live candidates (before int8 left the first conv in float):
+    # one net, whose int8 export got 9 of 7,100 test faces more right than PyTorch, and the
+    # mean of two, whose fp32 export is over the 2 MB budget and whose int8 export lost 15.
     metrics = {"fast": _scores(0.8668, 0.8280), "fast_pair": _scores(0.8715, 0.8339)}
     exports = {
         "fast": _export_entry("fast", (0.56, 1.77), (0.30, 0.48), -0.0013),
