@@ -101,6 +101,7 @@ def test_no_detect_agrees_with_the_stage_scoring(test_faces, checkpoint, tmp_pat
     assert got == [CLASSES[i] for i in logits.argmax(1)]
     assert by_name.loc[names, "label"].tolist() == [CLASSES[i] for i in labels]
     assert result["images"] == result["faces"] == len(labels)
+    assert result["model_file"] == str(checkpoint)
     assert result["classes_present"] == list(CLASSES)
     assert (out / "confusion.png").stat().st_size > 10_000
 

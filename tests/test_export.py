@@ -18,7 +18,14 @@ import yaml
 from test_pipeline_e2e import project_copy
 
 from ferlab.classes import CLASSES
-from ferlab.export import choose_int8, export_onnx, pick_int8, quantize_int8, read_metadata
+from ferlab.export import (
+    choose_int8,
+    export_onnx,
+    input_convs,
+    pick_int8,
+    quantize_int8,
+    read_metadata,
+)
 from ferlab.inference import (
     OnnxClassifier,
     TorchClassifier,
@@ -162,9 +169,12 @@ def test_int8_keeps_the_convs_on_the_input_face_in_float(fer_zip, exported, tmp_
         assert [n.op_type for n in readers] == ["Conv"], (method, readers)
         weights = {i.name: i for i in quantized.initializer}
         assert weights[readers[0].input[1]].data_type == onnx.TensorProto.FLOAT
-        # ...and the later convs are int8 (QDQ pairs for static, ConvInteger for dynamic)
+        # ...and every later conv is int8: its weights come dequantised from int8 (static QDQ),
+        # or it is a ConvInteger (dynamic)
         if method == "static":
-            assert sum(n.op_type == "QuantizeLinear" for n in quantized.node) >= len(convs) - 1
+            made_by = {o: n.op_type for n in quantized.node for o in n.output}
+            later = [n for n in convs if n is not readers[0]]
+            assert later and all(made_by.get(n.input[1]) == "DequantizeLinear" for n in later)
         else:
             assert sum(n.op_type == "ConvInteger" for n in quantized.node) == len(convs) - 1
 
@@ -198,6 +208,7 @@ def test_a_list_of_checkpoints_is_the_mean_of_their_probabilities(
     exported = OnnxClassifier(out, temperature=1.0)
     assert np.abs(exported.predict_proba(images) - pair.predict_proba(images)).max() < 1e-4
     assert json.loads(read_metadata(out)["model"])["name"] == "mean"
+    assert len(input_convs(out)) == 2  # int8 keeps each member's first conv in float
     # The command line exports the same graph from several checkpoints.
     from typer.testing import CliRunner
 

@@ -216,7 +216,8 @@ def evaluate(
             detector,
             detect_max_side=settings.detect_max_side,
             force=force,
-            model_file=model or "bundled model.onnx",
+            # as reports name models: the path, or the list of a mean's checkpoints
+            model_file=(model[0] if len(model) == 1 else model) if model else "bundled model.onnx",
             log=typer.echo,
         )
     every, present = result["all_classes"], result["present_classes"]
@@ -404,7 +405,7 @@ def camera(
 
 @app.command()
 def export(
-    checkpoints: list[str] = typer.Argument(
+    checkpoints: list[str] | None = typer.Argument(
         None,
         help="Checkpoint to export (default models/model.pt); several are exported as one "
         "graph, the mean of their probabilities.",

@@ -166,7 +166,7 @@ def evaluate_folder(
     detect_max_side: int = 640,
     batch_size: int = 256,
     force: bool = False,
-    model_file: str | None = None,
+    model_file: str | list[str] | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Score `classifier` on DIR/<class>/ images; write metrics.json, predictions.csv and the
