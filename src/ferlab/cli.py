@@ -436,8 +436,7 @@ def export(
             check_output_file(int8_target, checkpoints)
         from ferlab.export import export_onnx, quantize_int8
 
-        source = checkpoints[0] if len(checkpoints) == 1 else checkpoints
-        meta = export_onnx(source, target, opset)
+        meta = export_onnx(checkpoints, target, opset)  # one item is that checkpoint
         typer.echo(f"{target}: fp32 ONNX, opset {opset}, variant {meta['variant']}")
         if int8 != "none":
             faces = None
