@@ -22,8 +22,7 @@ import torch
 from ferlab.checkpoint import save_checkpoint
 from ferlab.config import load_params
 from ferlab.export import export_onnx, per_face_ms
-from ferlab.io import write_json, write_text
-from ferlab.machine import cpu_name
+from ferlab.machine import cpu_name, load_average, write_benchmark
 from ferlab.models import build_model
 from ferlab.training.run import TrainJob
 
@@ -83,11 +82,7 @@ def main() -> None:
                     },
                 }
             )
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
-    report = {"cpu": cpu_name(), "rounds": args.rounds, "load_average_after": load, "rows": rows}
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), report)
+    load = load_average()
     lines = [
         f"# Live-model architectures: ms a face ({cpu_name()})",
         "",
@@ -102,9 +97,7 @@ def main() -> None:
         cells = [r["case"], f"{r['parameters'] / 1e6:.2f}M", f"{r['onnx_mb']:.2f}"]
         cells += [f"{r[f'ms_per_face_{t}_thread']:.3f}" for t in (1, 2)]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    write_text(out.with_suffix(".md"), text)
-    print(text, end="")
+    write_benchmark(args.out, {"rounds": args.rounds, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

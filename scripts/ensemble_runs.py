@@ -31,13 +31,14 @@ from ferlab.machine import cpu_name  # noqa: E402
 
 
 def probabilities(checkpoints: list[Path], params: dict, arrays: str) -> tuple[list, list, object]:
-    """Each model's val and test probabilities (flip TTA as params' evaluate group says)."""
+    """Each model's val and test probabilities (test-time views as params' evaluate group
+    says)."""
     settings = EvaluateSettings.from_params(params)
     classifiers = []
     for path in checkpoints:
         if not path.is_file():
             raise SystemExit(f"ensemble_runs: {path}: no such checkpoint; train it first")
-        classifiers.append(load_classifier(path, tta_flip=settings.tta_flip, temperature=1.0))
+        classifiers.append(load_classifier(path, views=settings.views, temperature=1.0))
     variants = {str(c.meta.get("variant", "original")) for c in classifiers}
     if len(variants) > 1:
         raise SystemExit(f"ensemble_runs: the models were trained on different variants {variants}")

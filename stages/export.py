@@ -1,5 +1,6 @@
-"""DVC stage `export`: ONNX (fp32 + int8) of every evaluated model, their accuracy against
-PyTorch and their per-face speed. It never touches the bundled model (`ferlab bundle` does)."""
+"""DVC stage `export`: ONNX (fp32 + int8) of every evaluated model, with the test-time views it
+was evaluated with inside the graph, their accuracy against PyTorch and their per-face speed. It
+never touches the bundled model (`ferlab bundle` does)."""
 
 import sys
 from pathlib import Path
@@ -16,17 +17,16 @@ METRICS = "reports/metrics.json"
 
 
 def temperature_of(metrics: dict[str, Any] | None) -> float | None:
-    """The deployed model runs without flip TTA: its temperature is the one fitted so."""
-    if not metrics:
-        return None
-    calibration = metrics["calibration"]
-    return float(calibration.get("temperature_no_tta", calibration["temperature"]))
+    """The temperature the evaluate stage fitted on the model with its test-time views: the
+    model this stage exports."""
+    return float(metrics["calibration"]["temperature"]) if metrics else None
 
 
 def main() -> None:
     params = load_params()
     realtime = params["realtime"]
-    models = EvaluateSettings.from_params(params).models
+    settings = EvaluateSettings.from_params(params)
+    models = settings.models
     all_metrics = read_json(METRICS) if Path(METRICS).is_file() else {}
     report: dict[str, Any] = {}
     with tracking.stage_run("export", params, experiment=params["mlflow"]["experiment"]):
@@ -43,6 +43,7 @@ def main() -> None:
                 test_images=int(realtime["export_test_images"]),
                 calibration_images=int(realtime["calibration_images"]),
                 seed=int(params["seed"]),
+                views=settings.views,  # the views the evaluate stage scored
             )
             # Speed is measured, not asserted: it depends on the machine (named in the report).
             entry["ms_per_face_1_thread"] = {

@@ -380,6 +380,16 @@ def _run(project: Path, stage: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize("crops", [[1.0, 1.5], "half", []])
+def test_evaluate_refuses_test_time_crops_that_are_no_centre_crop(crops) -> None:
+    from ferlab.evaluation.evaluate import EvaluateSettings
+
+    with pytest.raises(DataError, match=r"params\.yaml evaluate\.tta_crops"):
+        EvaluateSettings.from_params({"evaluate": {"tta_crops": crops}})
+    chosen = EvaluateSettings.from_params({"evaluate": {"tta_crops": [1.0, 0.92]}})
+    assert chosen.views.count == 4  # two crops and their mirrors (tta_flip defaults on)
+
+
 def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Path) -> None:
     project, facts = _scratch_project(fer_zip, trained, tmp_path)
     done = _run(project, "evaluate")
@@ -410,10 +420,12 @@ def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Pa
             ):
                 assert 0.0 <= m[protocol][key] <= 1.0
         cal = m["calibration"]
-        assert cal["temperature"] > 0 and "temperature_no_tta" in cal
+        assert cal["temperature"] > 0
         assert 0.0 <= cal["ece"] <= 1.0 and 0.0 <= cal["ece_calibrated"] <= 1.0
         detail = json.loads((project / f"reports/evaluation/{name}.json").read_text())
-        assert detail["class_prior_source"] == "train split" and detail["tta_flip"] is True
+        assert detail["class_prior_source"] == "train split"
+        assert detail["views"] == {"crops": [1.0], "flip": True}
+        assert 0.0 <= detail["val_no_tta"]["accuracy"] <= 1.0  # the same weights, no views
         confusion = np.array(detail["protocols"]["clean_test"]["confusion"])
         assert confusion.shape == (8, 8) and confusion.sum() == m["clean_test"]["n"]
         predictions = pd.read_csv(project / f"reports/evaluation/{name}_predictions_test.csv")
@@ -473,9 +485,13 @@ def test_export_stores_the_fitted_temperature_and_prior(fer_zip, trained, tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = json.loads((project / "reports/metrics.json").read_text())
     onnx_model = OnnxClassifier(project / "models/onnx/tiny.onnx")
-    assert onnx_model.temperature == pytest.approx(
-        metrics["tiny"]["calibration"]["temperature_no_tta"]
-    )
+    # the export is the evaluated model: its views, its temperature, its answers
+    assert onnx_model.temperature == pytest.approx(metrics["tiny"]["calibration"]["temperature"])
+    assert onnx_model.meta["views"] == {"crops": [1.0], "flip": True}
+    test_faces = np.load(project / "data/arrays/original_test.npz")["images"]
+    evaluated = pd.read_csv(project / "reports/evaluation/tiny_predictions_test.csv")
+    deployed = [CLASSES[i] for i in onnx_model.predict(test_faces)]
+    assert (np.array(deployed) != evaluated["predicted"].to_numpy()).sum() <= 1
     train_labels = np.load(project / "data/arrays/original_train.npz")["labels"]
     frequencies = np.bincount(train_labels, minlength=8) / len(train_labels)
     assert np.allclose(onnx_model.class_prior, frequencies)

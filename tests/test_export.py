@@ -29,6 +29,7 @@ from ferlab.export import (
 from ferlab.inference import (
     OnnxClassifier,
     TorchClassifier,
+    Views,
     bundled_model_path,
     load_classifier,
     model_label,
@@ -179,6 +180,103 @@ def test_int8_keeps_the_convs_on_the_input_face_in_float(fer_zip, exported, tmp_
             assert sum(n.op_type == "ConvInteger" for n in quantized.node) == len(convs) - 1
 
 
+def test_test_time_views_are_inside_the_exported_graph(
+    fer_zip, real_faces, small_checkpoint, tmp_path
+) -> None:
+    """A model exported with views answers, in one ONNX call, the mean of its logits over the
+    whole face, a centre crop enlarged back, and their mirrors: what the evaluate stage
+    scored with the same views."""
+    import cv2
+
+    images, _ = real_faces
+    images = images[:64]
+    plain = TorchClassifier.from_checkpoint(small_checkpoint, temperature=1.0)
+    # flip alone is the flip TTA the classifiers always had
+    flip_only = load_classifier(small_checkpoint, views=Views((1.0,), flip=True))
+    assert (
+        np.abs(
+            flip_only.logits(images)
+            - plain.__class__.from_checkpoint(small_checkpoint, tta_flip=True).logits(images)
+        ).max()
+        < 1e-4
+    )
+
+    views = Views((1.0, 0.9), flip=True)  # 0.9 of 48 px: a 43-px centre crop from pixel 2
+    with_views = load_classifier(small_checkpoint, views=views, temperature=1.0)
+    crops = np.stack(
+        [
+            cv2.resize(f[2:45, 2:45], (48, 48), interpolation=cv2.INTER_LINEAR)
+            for f in images.astype(np.float32)
+        ]
+    )
+    expected = np.mean(
+        [plain.logits(v) for v in (images, crops)]
+        + [plain.logits(np.ascontiguousarray(v[..., ::-1])) for v in (images, crops)],
+        axis=0,
+    )
+    got = with_views.logits(images)
+    assert np.abs(got - expected).max() < 0.05  # cv2 and torch resample the crop alike
+    assert np.abs(got - plain.logits(images)).max() > 0.1  # the views change the answer
+
+    out = tmp_path / "views.onnx"
+    export_onnx(small_checkpoint, out, views=views)
+    exported = OnnxClassifier(out, temperature=1.0)
+    assert exported.meta["views"] == {"crops": [1.0, 0.9], "flip": True}
+    assert np.abs(exported.logits(images) - got).max() < 1e-4
+    one_by_one = np.concatenate([exported.logits(images[i : i + 1]) for i in range(5)])
+    assert np.abs(one_by_one - got[:5]).max() < 1e-4  # the batch axis stays dynamic
+    # int8 still finds the one conv that reads the face (through crops, flips and concat)
+    assert len(input_convs(out)) == 1
+    calibration, _ = real_train_faces(fer_zip, 8)
+    quantize_int8(out, tmp_path / "views.int8.onnx", "static", calibration)
+    int8 = OnnxClassifier(tmp_path / "views.int8.onnx", temperature=1.0)
+    assert int8.meta["views"] == exported.meta["views"]
+    assert (int8.predict(images) == exported.predict(images)).mean() >= 0.9
+    # the command line puts the same views in the graph
+    from typer.testing import CliRunner
+
+    from ferlab.cli import app
+
+    from_cli = tmp_path / "cli_views.onnx"
+    args = ["export", str(small_checkpoint), "--out", str(from_cli), "--tta-flip", "--crop", "0.9"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0 and "4 test-time views" in done.output, done.output
+    assert np.abs(OnnxClassifier(from_cli, temperature=1.0).logits(images) - got).max() < 1e-4
+    # an export keeps its views: asking for others is refused, not silently ignored
+    with pytest.raises(ValueError, match=r"views\.onnx: an ONNX export keeps the test-time"):
+        load_classifier(out, views=views)
+
+
+@pytest.mark.parametrize("crops", [(), (1.2,), (0.3,), (1.0, 1.0)])
+def test_views_refuse_crops_that_are_no_centre_crop(crops) -> None:
+    with pytest.raises(ValueError, match="must be distinct fractions of the face side"):
+        Views(crops, flip=True)
+
+
+def test_views_refuse_two_crops_of_one_size(small_checkpoint) -> None:
+    # 0.99 of 48 px rounds to the whole face: the same view twice, refused when built
+    with pytest.raises(ValueError, match=r"sides \[48, 48\] px .* the same crop"):
+        load_classifier(small_checkpoint, views=Views((1.0, 0.99), flip=True))
+
+
+def test_input_convs_follow_the_face_not_its_shape(tmp_path) -> None:
+    """A conv fed by features reshaped to the face's shape does not read the face."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="first", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["a", "s"], ["b"], name="reshape"),
+        helper.make_node("Conv", ["b", "w"], ["y"], name="second", pads=[1, 1, 1, 1]),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 8, 8]) for n in "xy"]
+    graph = helper.make_graph(nodes, "g", [io[0]], [io[1]], initializer=[w])
+    path = tmp_path / "reshaped.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert input_convs(path) == ["first"]
+
+
 @pytest.fixture(scope="module")
 def second_checkpoint(real_faces, small_checkpoint: Path) -> Path:
     """Another small model on the same faces (fewer epochs: other weights, other answers)."""
@@ -301,6 +399,18 @@ def test_bundle_keeps_to_the_live_budgets_and_counts_what_int8_lost() -> None:
     with pytest.raises(DataError, match=r"--max-ms or --max-mb"):
         choose(candidates(exports, metrics), max_ms=0.1)
 
+    # The committed export stage's figures, each face scored with its mirror inside the graph:
+    # the pair's int8 (1.36 ms, lost 0.155%) ships; below its cost the single net ships in fp32,
+    # since its int8 export lost 0.39%, more than the 0.2% that counts as equal.
+    exports = {
+        "fast": _export_entry("fast", (1.17, 1.78), (0.56, 0.48), 0.0039),
+        "fast_pair": _export_entry("fast_pair", (2.86, 3.55), (1.36, 0.97), 0.00155),
+    }
+    chosen = choose(candidates(exports, metrics))
+    assert (chosen["model"], chosen["precision"]) == ("fast_pair", "int8")
+    cheaper = choose(candidates(exports, metrics), max_ms=1.3)
+    assert (cheaper["model"], cheaper["precision"]) == ("fast", "fp32")
+
 
 def test_load_classifier_picks_the_runtime_by_suffix(small_checkpoint, exported, tmp_path) -> None:
     assert isinstance(load_classifier(small_checkpoint), TorchClassifier)
@@ -411,10 +521,13 @@ def test_export_stage_runs_under_dvc_and_bundle_chooses(
         ("study", "fp32"), ("study", "int8"), ("fast", "fp32"), ("fast", "int8"),
         ("fast_pair", "fp32"), ("fast_pair", "int8"),
     }  # fmt: skip
-    # The export carries the evaluate stage's temperature (and uses it by default).
+    # The export carries the evaluate stage's temperature (and uses it by default) and views.
     exported = OnnxClassifier(bundled)
     assert exported.temperature == 1.5 and exported.class_prior is not None
-    torch_model = TorchClassifier.from_checkpoint(small_checkpoint, temperature=1.5)
+    views = Views(tuple(params["evaluate"]["tta_crops"]), params["evaluate"]["tta_flip"])
+    assert exported.meta["views"] == views.to_json()
+    assert all(c["views"] == views.to_json() for c in card["candidates"])
+    torch_model = TorchClassifier.from_checkpoint(small_checkpoint, views=views, temperature=1.5)
     if card["chosen"]["precision"] == "fp32":
         assert (
             np.abs(exported.predict_proba(images) - torch_model.predict_proba(images)).max() < 1e-4

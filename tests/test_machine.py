@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ferlab.machine import cpu_name, logical_cpus
+from ferlab.machine import cpu_name, logical_cpus, write_benchmark
 
 EPYC_ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -55,3 +55,15 @@ def test_this_machine_is_named_from_its_own_cpuinfo() -> None:
     assert cpu_name() == cpu_name(text)
     if "avx512_bf16" in text.split():
         assert "native bf16" in cpu_name()
+
+
+def test_a_benchmark_report_names_the_machine_and_its_load(tmp_path: Path, capsys) -> None:
+    import json
+
+    lines = ["# A benchmark", "", "| case | ms |", "|---|---:|", "| a | 1.000 |"]
+    write_benchmark(tmp_path / "bench", {"rounds": 3, "rows": [{"case": "a", "ms": 1.0}]}, lines)
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert figures["cpu"] == cpu_name() and figures["rows"] == [{"case": "a", "ms": 1.0}]
+    assert len(figures["load_average_after"]) == 3  # Linux: the 1, 5 and 15-minute figures
+    assert (tmp_path / "bench.md").read_text() == "\n".join(lines) + "\n"
+    assert "| a | 1.000 |" in capsys.readouterr().out

@@ -218,8 +218,13 @@ def test_summary_rows_take_training_figures_from_the_evaluated_checkpoints(tmp_p
     )
     write_json(tmp_path / "fast/train.json", {"epochs_run": 40, "train_minutes": 14.3})
     write_json(tmp_path / "fast_second/train.json", {"epochs_run": 40, "train_minutes": 14.0})
+    # the export stage's cost of a face, fp32 and int8, each with the graph's test-time views
+    write_json(
+        tmp_path / "export.json",
+        {"my_pair": {"ms_per_face_1_thread": {"fp32": 2.857, "int8": 1.362}}},
+    )
     rows = summary_table(tmp_path)
     assert rows[2].startswith("| `my_pair`: mean of 2× baseline |")
-    assert "| 40 + 40 | 28 |" in rows[2]
+    assert rows[2].endswith("| 40 + 40 | 28 | 2.86 / 1.36 |")
     # A model whose evaluation names no known checkpoint has no training figures.
     assert "| – | – |" in rows[3]

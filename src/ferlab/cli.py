@@ -208,6 +208,9 @@ def evaluate(
     with _one_line_errors():
         settings = RealtimeSettings.load()
         classifier = load_classifier(model, tta_flip=tta_flip, logit_adjust_tau=tau)
+        if tta_flip and (classifier.meta.get("views") or {}).get("flip"):
+            typer.echo("--tta-flip: this model scores each face's mirror inside it already")
+            classifier.tta_flip = False  # a second mirror would double the work, not the answer
         detector = None if no_detect else FaceDetector(score_threshold=settings.detect_score)
         result = evaluate_folder(
             folder,
@@ -422,8 +425,18 @@ def export(
     ),
     arrays: str = typer.Option("data/arrays", help="Cached arrays, for static calibration."),
     opset: int = typer.Option(17, help="ONNX opset (17 or newer)."),
+    tta_flip: bool = typer.Option(
+        False, "--tta-flip", help="Score each face with its mirror too, inside the graph."
+    ),
+    crops: list[float] = typer.Option(
+        [],
+        "--crop",
+        help="Also score this centre crop (fraction of the side kept, e.g. 0.92), inside the "
+        "graph; repeatable. Each view costs a forward pass.",
+    ),
 ) -> None:
-    """Export a checkpoint to ONNX (metadata inside), optionally with an int8 copy."""
+    """Export a checkpoint to ONNX (metadata inside), optionally with an int8 copy and with
+    test-time views inside the graph (what the export stage does with evaluate.tta_*)."""
     from ferlab.realtime.video import check_output_file
 
     checkpoints = checkpoints or ["models/model.pt"]
@@ -435,9 +448,12 @@ def export(
         if int8 != "none":
             check_output_file(int8_target, checkpoints)
         from ferlab.export import export_onnx, quantize_int8
+        from ferlab.inference import Views
 
-        meta = export_onnx(checkpoints, target, opset)  # one item is that checkpoint
-        typer.echo(f"{target}: fp32 ONNX, opset {opset}, variant {meta['variant']}")
+        views = Views((1.0, *crops), tta_flip) if tta_flip or crops else None
+        meta = export_onnx(checkpoints, target, opset, views=views)  # one item is that checkpoint
+        shown = f", {views.count} test-time views" if views else ""
+        typer.echo(f"{target}: fp32 ONNX, opset {opset}, variant {meta['variant']}{shown}")
         if int8 != "none":
             faces = None
             if int8 == "static":
@@ -587,7 +603,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             log=typer.echo,
         )[name]
         onnx_path = checkpoint.with_suffix(".onnx")
-        export_onnx(checkpoint, onnx_path)
+        export_onnx(checkpoint, onnx_path, views=evaluate.views)  # as scored, as deployed
         # Batch 1, one thread, ONNX Runtime: the live loop's cost of a face on this CPU.
         cost = {
             "onnx_mb": round(onnx_path.stat().st_size / 1e6, 3),

@@ -26,6 +26,7 @@ from ferlab.inference import (
     ModelSource,
     OnnxClassifier,
     TorchClassifier,
+    Views,
     load_models,
     normalise,
     source_name,
@@ -52,15 +53,17 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     temperature: float | None = None,
     class_prior: list[float] | None = None,
+    views: Views | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (or a list of them, as their mean: `load_models`) to fp32 ONNX
     with a dynamic batch axis; returns the stored metadata.
 
     Input `faces` is N×1×S×S float (normalised by `ferlab.inference.normalise`), output
     `logits` N×C. `temperature` (fitted by the evaluate stage) and `class_prior` (default: the
-    checkpoint's `class_prior`) are stored when given, for `OnnxClassifier` to use.
+    checkpoint's `class_prior`) are stored when given, for `OnnxClassifier` to use. With
+    `views` the graph scores each face as the mean of those test-time views' logits.
     """
-    model, meta = load_models(checkpoint, expected_classes=None)
+    model, meta = load_models(checkpoint, expected_classes=None, views=views)
     return export_model(model, meta, out, opset, temperature, class_prior)
 
 
@@ -120,6 +123,8 @@ def model_metadata(
         stored["class_prior"] = json.dumps([float(v) for v in prior])
     if temperature is not None:
         stored["temperature"] = repr(float(temperature))
+    if meta.get("views") is not None:
+        stored["views"] = json.dumps(meta["views"])
     return stored
 
 
@@ -156,14 +161,28 @@ class _FaceBatches:
 
 
 def input_convs(path: str | Path) -> list[str]:
-    """The Conv nodes that read the graph's input, the one-channel face. int8 keeps them in
-    float: on a single input channel an int8 conv saves almost no work, and quantising the
-    input costs more (the live net's int8 export: 0.25 against 0.30 ms a face on this EPYC)."""
+    """The Conv nodes that read the one-channel face: the graph's input, directly or through
+    the test-time views' crops, resizes, flips and concatenation. int8 keeps them in float: on
+    a single input channel an int8 conv saves almost no work, and quantising the input costs
+    more (the live net's int8 export: 0.25 against 0.30 ms a face on this EPYC)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    inputs = {i.name for i in graph.input}
-    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
+    weights = {w.name for w in graph.initializer}
+    # tensors that are still (views of) the face: the input, then what crops, resizes, flips
+    # and concatenates it; a node's data is its first input (Concat: any of them), and shapes
+    # read off the face (Shape, Size) are not the face
+    face = {i.name for i in graph.input} - weights
+    convs = []
+    for node in graph.node:  # ONNX lists nodes in topological order
+        if node.op_type == "Conv" and node.input[0] in face:
+            convs.append(node.name)
+        if node.op_type in (*QUANTIZED_OPS, "Shape", "Size"):
+            continue  # a conv's output is features, not the face
+        data = node.input if node.op_type == "Concat" else node.input[:1]
+        if any(i in face for i in data):
+            face.update(node.output)
+    return convs
 
 
 def quantize_int8(
@@ -318,19 +337,21 @@ def export_all(
     test_images: int = 1000,
     calibration_images: int = 512,
     seed: int = 42,
+    views: Views | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """The export stage's work for one model: fp32 + int8 exports and their agreement and
     accuracy on real test faces. Returns the report.
 
     The exports carry the training class prior (the checkpoint's, else the cached training
-    labels' frequencies) and `temperature` when given (the evaluate stage's fit).
+    labels' frequencies), `temperature` when given (the evaluate stage's fit) and `views`
+    (test-time views inside the graph; PyTorch is compared with the same views).
     """
     from ferlab.data.arrays import load_split
     from ferlab.inference import prior_from_labels
 
     onnx_out, int8_out = Path(onnx_out), Path(int8_out)
-    model, payload = load_models(checkpoint)
+    model, payload = load_models(checkpoint, views=views)
     variant = str(payload.get("variant", "original"))
     train_faces, train_labels, _ = load_split("train", variant, arrays_root)
     prior = payload.get("class_prior")
@@ -362,6 +383,7 @@ def export_all(
     report: dict[str, Any] = {
         "checkpoint": source_name(checkpoint),
         "model": json.loads(meta["model"]),
+        "views": (views or Views()).to_json(),  # what the graph scores (one view: the face)
         "opset": opset,
         "variant": variant,
         "temperature": temperature,

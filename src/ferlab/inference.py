@@ -16,12 +16,17 @@ answer and the live recogniser's thresholds apply to what it decides.
 
 Several checkpoints given together are one model (`MeanOfModels`): the mean of their class
 probabilities, scored, exported and deployed like any single checkpoint.
+
+Test-time views (`Views`, `TestTimeViews`) are part of the model, not of the classifier: a model
+loaded with views scores each face as the mean of its views' logits, and exports to ONNX with
+them inside the graph, so the evaluated model is the deployed one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ferlab.checkpoint import NORMALIZATION, load_model
@@ -107,6 +113,87 @@ class MeanOfModels(nn.Module):
         return probs.clamp_min(1e-12).log()  # no -inf where every member is certain
 
 
+@dataclass(frozen=True)
+class Views:
+    """Test-time views of a face: each centre crop (the fraction of the side it keeps, enlarged
+    back to the input size) and, with `flip`, each crop's mirror image."""
+
+    crops: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        crops = tuple(float(c) for c in self.crops)
+        if not crops or any(not 0.5 <= c <= 1.0 for c in crops) or len(set(crops)) < len(crops):
+            raise ValueError(
+                f"test-time crops {list(self.crops)} must be distinct fractions of the face "
+                "side between 0.5 and 1.0, e.g. [1.0, 0.92]"
+            )
+        object.__setattr__(self, "crops", crops)
+        object.__setattr__(self, "flip", bool(self.flip))
+
+    @property
+    def count(self) -> int:
+        return len(self.crops) * (2 if self.flip else 1)
+
+    def sides(self, input_size: int) -> list[int]:
+        """Each crop's side in pixels; two crops of one side would score a view twice."""
+        sides = [round(c * input_size) for c in self.crops]
+        if len(set(sides)) < len(sides):
+            raise ValueError(
+                f"test-time crops {list(self.crops)} give sides {sides} px at input size "
+                f"{input_size}: two of them are the same crop; drop one"
+            )
+        return sides
+
+    def to_json(self) -> dict[str, Any]:
+        return {"crops": list(self.crops), "flip": self.flip}
+
+
+class TestTimeViews(nn.Module):
+    """A model that scores each face as the mean of its views' logits (`Views`), in one
+    forward pass over all views; it exports to ONNX (Slice, Resize, Concat) as one graph.
+
+    Logits are averaged, as flip TTA always was here; for a `MeanOfModels` they are the log of
+    its mean probability."""
+
+    __test__ = False  # a model, not a pytest test class
+
+    def __init__(self, model: nn.Module, views: Views, input_size: int, n_classes: int) -> None:
+        super().__init__()
+        views.sides(input_size)  # refuses crops that round to the same side here, not later
+        self.model = model
+        self.views = views
+        self.input_size = int(input_size)
+        self.n_classes = int(n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        crops = []
+        for side in self.views.sides(size):
+            if side == size:
+                crops.append(x)
+                continue
+            start = (size - side) // 2
+            patch = x[..., start : start + side, start : start + side]
+            crops.append(
+                F.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False)
+            )
+        if self.views.flip:
+            crops += [c.flip(-1) for c in crops]
+        logits = self.model(torch.cat(crops)).float()
+        return logits.reshape(len(crops), -1, self.n_classes).mean(dim=0)
+
+
+def with_views(
+    model: nn.Module, meta: dict[str, Any], views: Views | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """`model` scoring `views` (unchanged for one view), and its metadata naming them."""
+    if views is None or (views.count == 1 and views.crops == (1.0,)):
+        return model, meta
+    wrapped = TestTimeViews(model, views, int(meta["input_size"]), len(meta["classes"]))
+    return wrapped.eval(), {**meta, "views": views.to_json()}
+
+
 def source_name(source: ModelSource) -> str | list[str]:
     """How reports name a model source: its path, or the list of its checkpoints."""
     return str(source) if isinstance(source, (str, Path)) else [str(p) for p in source]
@@ -133,14 +220,23 @@ _MEMBER_KEYS = ("classes", "input_size", "normalization", "variant", "data_sha25
 
 
 def load_models(
-    source: ModelSource, expected_classes: tuple[str, ...] | None = CLASSES
+    source: ModelSource,
+    expected_classes: tuple[str, ...] | None = CLASSES,
+    views: Views | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model `source` names, in eval mode, with its metadata: one checkpoint as
-    `load_model` rebuilds it, or several as a `MeanOfModels`.
+    `load_model` rebuilds it, or several as a `MeanOfModels`; with `views`, scoring them
+    (`TestTimeViews`, metadata `views`).
 
     A mean's metadata is its first member's (input, classes, variant, class prior), with
     `model` = {"name": "mean", "members": [each member's model spec]} and `checkpoints`.
     """
+    return with_views(*_load_models(source, expected_classes), views)
+
+
+def _load_models(
+    source: ModelSource, expected_classes: tuple[str, ...] | None
+) -> tuple[nn.Module, dict[str, Any]]:
     if isinstance(source, (str, Path)):
         return load_model(source, expected_classes)
     paths = [Path(p) for p in source]
@@ -287,10 +383,12 @@ class TorchClassifier(FaceClassifier):
         path: ModelSource,
         device: str = "cpu",
         expected_classes: tuple[str, ...] | None = CLASSES,
+        views: Views | None = None,
         **options: Any,
     ) -> TorchClassifier:
-        """One checkpoint, or a list of them as their mean (`load_models`)."""
-        model, meta = load_models(path, expected_classes)
+        """One checkpoint, or a list of them as their mean, with `views` if given
+        (`load_models`)."""
+        model, meta = load_models(path, expected_classes, views)
         return cls(model, meta, device, **options)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -346,6 +444,8 @@ class OnnxClassifier(FaceClassifier):
             "quantization": props.get("quantization"),
             "temperature": float(props.get("temperature", 1.0)),
             "class_prior": json.loads(props["class_prior"]) if "class_prior" in props else None,
+            # test-time views inside the graph (ferlab.inference.Views), if it was exported so
+            "views": json.loads(props["views"]) if "views" in props else None,
         }
         if expected_classes is not None and self.meta["classes"] != list(expected_classes):
             raise ValueError(
@@ -375,10 +475,14 @@ def bundled_model_path() -> Path:
 
 
 def load_classifier(
-    path: ModelSource | None = None, threads: int = 0, **options: Any
+    path: ModelSource | None = None,
+    threads: int = 0,
+    views: Views | None = None,
+    **options: Any,
 ) -> FaceClassifier:
     """A classifier from a .pt checkpoint (PyTorch) or an .onnx export (ONNX Runtime); a list
-    of .pt checkpoints is their mean (`MeanOfModels`).
+    of .pt checkpoints is their mean (`MeanOfModels`). `views` makes a checkpoint score
+    test-time views (`TestTimeViews`); an export has the views it was exported with.
 
     No path means the bundled model, so the commands work right after install. `options` are
     the classifier options (`tta_flip`, `temperature`, `class_prior`, `logit_adjust_tau`);
@@ -393,6 +497,11 @@ def load_classifier(
             )
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     if len(paths) == 1 and paths[0].suffix.lower() == ".onnx":
+        if views is not None:
+            raise ValueError(
+                f"{paths[0]}: an ONNX export keeps the test-time views it was exported with; "
+                "give the .pt checkpoint to score other views, or export it with them"
+            )
         return OnnxClassifier(paths[0], threads=threads, **options)
     wrong = [p for p in paths if p.suffix.lower() != ".pt"]
     if wrong:
@@ -403,4 +512,5 @@ def load_classifier(
         )
     if threads:
         torch.set_num_threads(threads)
-    return TorchClassifier.from_checkpoint(paths[0] if len(paths) == 1 else paths, **options)
+    source = paths[0] if len(paths) == 1 else paths
+    return TorchClassifier.from_checkpoint(source, views=views, **options)

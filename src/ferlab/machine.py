@@ -51,3 +51,26 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     vector = next((label for flag, label in VECTOR_FEATURES if flag in flags), None)
     prefix = f"{vector}; " if vector else ""
     return f"{name} ({prefix}{logical_cpus()} logical CPUs)"
+
+
+def write_benchmark(out: str | Path, report: dict, lines: list[str]) -> None:
+    """A benchmark's report as `<out>.json` (the figures, plus the CPU and the load average
+    after the run) and `<out>.md` (`lines`, a title and a table), and the table on stdout."""
+    from ferlab.io import write_json, write_text
+
+    out = Path(out)
+    write_json(
+        out.with_suffix(".json"),
+        {"cpu": cpu_name(), **report, "load_average_after": load_average()},
+    )
+    text = "\n".join(lines) + "\n"
+    write_text(out.with_suffix(".md"), text)
+    print(text, end="")
+
+
+def load_average() -> list[str]:
+    """The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them ([] off Linux)."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return []

@@ -1,6 +1,8 @@
 """The evaluate stage's work: every listed model, scored side by side under each test protocol.
 
-Per model: logits on val and test (flip TTA when asked); a temperature fitted on val by NLL;
+Per model: logits on val and test of the model with its test-time views (`evaluate.tta_flip`,
+`evaluate.tta_crops`: the views the export stage puts in its ONNX graph, so what is scored here
+is what is deployed), and on val without them for comparison; a temperature fitted on val by NLL;
 then for each protocol (plurality test, FER+ reference PrivateTest and PublicTest, clean test)
 accuracy, balanced accuracy, macro-F1, per-class precision and recall and the confusion
 matrix, under the plain argmax and under the prior-corrected decision; and the expected
@@ -45,6 +47,9 @@ from ferlab.evaluation.protocols import (
 from ferlab.inference import (
     FaceClassifier,
     ModelSource,
+    TestTimeViews,
+    TorchClassifier,
+    Views,
     load_classifier,
     model_label,
     prior_from_labels,
@@ -70,7 +75,14 @@ class EvaluateSettings:
     models: Mapping[str, str | list[str]] = field(default_factory=lambda: dict(DEFAULT_MODELS))
     batch_size: int = 256
     tta_flip: bool = True
+    # centre crops scored beside the whole face (fractions of its side; `Views`)
+    tta_crops: tuple[float, ...] = (1.0,)
     logit_adjust_tau: float = 1.0
+
+    @property
+    def views(self) -> Views:
+        """The test-time views every model is scored with, and exported with."""
+        return Views(self.tta_crops, self.tta_flip)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> EvaluateSettings:
@@ -95,6 +107,11 @@ class EvaluateSettings:
         tau = float(group.get("logit_adjust_tau", 1.0))
         if tau < 0:
             raise DataError(f"params.yaml evaluate.logit_adjust_tau = {tau} must be 0 or more")
+        crops = group.get("tta_crops", [1.0])
+        try:
+            Views(tuple(crops), False)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"params.yaml evaluate.tta_crops: {exc}") from None
         return cls(
             models={
                 str(k): [str(p) for p in v] if isinstance(v, list) else str(v)
@@ -102,6 +119,7 @@ class EvaluateSettings:
             },
             batch_size=int(group.get("batch_size", 256)),
             tta_flip=bool(group.get("tta_flip", True)),
+            tta_crops=tuple(float(c) for c in crops),
             logit_adjust_tau=tau,
         )
 
@@ -218,7 +236,6 @@ def headline(detail: dict[str, Any]) -> dict[str, Any]:
     test = detail["protocols"]["test"]
     out["calibration"] = {
         "temperature": detail["temperature"],
-        **{k: detail[k] for k in ("temperature_no_tta",) if k in detail},
         "ece": test["ece"],
         "ece_calibrated": test["ece_calibrated"],
         "nll": test["loss"],
@@ -237,7 +254,8 @@ def evaluate_model(
     log: Log = print,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score one model; write its detail files. Returns (detail, test logits)."""
-    classifier = load_classifier(path, tta_flip=settings.tta_flip, temperature=1.0)
+    views = settings.views
+    classifier = load_classifier(path, views=views, temperature=1.0)
     variant = str(classifier.meta.get("variant", "original"))
     inputs = inputs_for(variant)
     if classifier.class_prior is None:
@@ -253,37 +271,31 @@ def evaluate_model(
     val_logits = classifier.logits(val_images, settings.batch_size)
     test_logits = classifier.logits(test_images, settings.batch_size)
     classifier.temperature = fit_temperature(val_logits, val_labels)
-    deployed: dict[str, Any] = {}
-    if settings.tta_flip:
-        # Deployed models run without flip TTA, and averaged logits are less confident: the
-        # temperature an export carries is fitted on plain logits.
-        classifier.tta_flip = False
-        plain = classifier.logits(val_images, settings.batch_size)
-        classifier.tta_flip = True
-        deployed = {
-            "temperature_no_tta": fit_temperature(plain, val_labels),
-            "val_no_tta": classification_metrics(val_labels, softmax(plain.astype(np.float64))),
-        }
+    single_view: dict[str, Any] = {}
+    if isinstance(classifier, TorchClassifier) and isinstance(classifier.model, TestTimeViews):
+        # What the views add: the same weights on the face alone.
+        plain = TorchClassifier(classifier.model.model, classifier.meta, temperature=1.0)
+        logits = plain.logits(val_images, settings.batch_size).astype(np.float64)
+        single_view = {"val_no_tta": classification_metrics(val_labels, softmax(logits))}
 
     detail: dict[str, Any] = {
         "name": name,
         "checkpoint": source_name(path),
         "model": model_label(classifier.meta["model"]),
         "variant": variant,
-        "tta_flip": settings.tta_flip,
+        "views": views.to_json(),
         "logit_adjust_tau": settings.logit_adjust_tau,
         "class_prior": classifier.class_prior.tolist(),
         "class_prior_source": (
             "model file" if classifier.meta.get("class_prior") is not None else "train split"
         ),
         "temperature": classifier.temperature,
-        **({"temperature_no_tta": deployed["temperature_no_tta"]} if deployed else {}),
         "ece_bins": ECE_BINS,
         "val": {
             **classification_metrics(val_labels, softmax(val_logits.astype(np.float64))),
             "nll_calibrated": nll(val_logits, val_labels, classifier.temperature),
         },
-        **({"val_no_tta": deployed["val_no_tta"]} if deployed else {}),
+        **single_view,
         "protocols": {},
         "skipped": dict(inputs.skipped),
         "descriptions": DESCRIPTIONS,
@@ -333,6 +345,8 @@ def _attention(
     from ferlab.evaluation.attention_maps import attention_figure
 
     model = getattr(classifier, "model", None)
+    if isinstance(model, TestTimeViews):
+        model = model.model  # the maps are of the network itself, on the whole face
     name = model_label(classifier.meta["model"])
     if not hasattr(model, "forward_with_heads"):
         note_figure(f"{name} has no attention heads: no attention maps", path)

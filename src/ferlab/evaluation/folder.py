@@ -193,6 +193,7 @@ def evaluate_folder(
         "model_file": model_file,
         "detection": detector is not None,
         "tta_flip": classifier.tta_flip,
+        "views": classifier.meta.get("views"),  # test-time views inside the model itself
         "logit_adjust_tau": classifier.logit_adjust_tau,
         "images": len(paths),
         "faces": len(labels),

@@ -1,0 +1,113 @@
+"""Test-time views of the live candidates: what each set adds on validation, and what it costs
+a face, measured side by side in one run.
+
+For each candidate of `evaluate.models` asked for (the committed checkpoints) and each view set
+(the whole face alone; with its mirror; with centre crops too), the model with those views
+(`ferlab.inference.Views`, as the evaluate stage scores and the export stage exports them) is
+scored on the validation split only: accuracy, and log loss at the temperature fitted there.
+Its static int8 export (calibrated as the export stage does) is timed at batch 1 on one thread
+(`ferlab.export.per_face_ms`), cases interleaved over rounds, median round reported.
+
+    python benchmarks/bench_tta_views.py                 # reports/benchmark_tta_views.*
+    python benchmarks/bench_tta_views.py --models fast --rounds 1 --out /tmp/views
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from ferlab.config import load_params
+from ferlab.data.arrays import load_split
+from ferlab.evaluation.calibration import fit_temperature, nll
+from ferlab.evaluation.evaluate import EvaluateSettings
+from ferlab.export import export_onnx, per_face_ms, quantize_int8, sample_indices
+from ferlab.inference import Views, load_classifier
+from ferlab.machine import cpu_name, load_average, write_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEW_SETS = [
+    ("whole face", Views((1.0,), flip=False)),
+    ("+ mirror", Views((1.0,), flip=True)),
+    ("+ mirror, 0.92 crop", Views((1.0, 0.92), flip=True)),
+    ("+ mirror, 0.96 and 0.92 crops", Views((1.0, 0.96, 0.92), flip=True)),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fast,fast_pair", help="evaluate.models names")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=300, help="timed faces per measurement")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_tta_views"))
+    args = parser.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    settings = EvaluateSettings.from_params(params)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in settings.models]
+    if unknown:
+        parser.error(f"{unknown} are not in params.yaml evaluate.models {list(settings.models)}")
+    val_faces, val_labels, _ = load_split("val", root=ROOT / "data" / "arrays")
+    train_faces, _, _ = load_split("train", root=ROOT / "data" / "arrays")
+    calibration = train_faces[sample_indices(len(train_faces), 512, int(params["seed"]))]
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            source = settings.models[name]
+            for label, views in VIEW_SETS:
+                classifier = load_classifier(source, views=views, temperature=1.0)
+                logits = classifier.logits(val_faces)
+                temperature = fit_temperature(logits, val_labels)
+                fp32 = Path(tmp) / f"{name}_{views.count}.onnx"
+                export_onnx(source, fp32, views=views)
+                int8 = fp32.with_suffix(".int8.onnx")
+                quantize_int8(fp32, int8, "static", calibration)
+                rows.append(
+                    {
+                        "model": name,
+                        "views": label,
+                        "n_views": views.count,
+                        "crops": list(views.crops),
+                        "flip": views.flip,
+                        "val_accuracy": float((logits.argmax(1) == val_labels).mean()),
+                        "val_nll_calibrated": nll(logits, val_labels, temperature),
+                        "int8_path": str(int8),
+                    }
+                )
+                print(f"{name} {label}: val {rows[-1]['val_accuracy']:.4f}", flush=True)
+        times: dict[int, list[float]] = {}
+        for r in range(args.rounds):
+            for i, row in enumerate(rows):
+                ms = per_face_ms(row["int8_path"], threads=1, repeats=args.repeats)
+                times.setdefault(i, []).append(ms)
+                print(f"round {r + 1} {row['model']} {row['views']}: {ms:.3f} ms", flush=True)
+    for i, row in enumerate(rows):
+        del row["int8_path"]
+        row["int8_ms_per_face_1_thread"] = round(statistics.median(times[i]), 3)
+
+    load = load_average()
+    lines = [
+        f"# Test-time views of the live candidates ({cpu_name()})",
+        "",
+        f"Validation split only ({len(val_labels):,} faces; the test split is not read). Log "
+        "loss at the temperature fitted on the same faces. int8: static, the export stage's "
+        f"calibration; ONNX Runtime, batch 1, one thread, median of {args.rounds} interleaved "
+        f"rounds of {args.repeats} faces; load average after: {' '.join(load)}. "
+        "`python benchmarks/bench_tta_views.py`.",
+        "",
+        "| model | views | n | val accuracy | val log loss | int8 ms a face, 1 thread |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['views']} | {r['n_views']} | {100 * r['val_accuracy']:.2f} | "
+            f"{r['val_nll_calibrated']:.4f} | {r['int8_ms_per_face_1_thread']:.3f} |"
+        )
+    write_benchmark(args.out, {"rounds": args.rounds, "rows": rows}, lines)
+
+
+if __name__ == "__main__":
+    main()
