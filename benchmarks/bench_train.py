@@ -3,8 +3,10 @@
 Each case runs in its own process with a fixed thread count, cases interleaved over rounds
 so that a change in machine load hits all of them alike; the table reports the median round.
 A step is the loop's real work: whole-batch augmentation (`augment_batch`), forward, loss,
-backward, AdamW step. `--mixconv split` runs DDAMFN's MixConv as separate group convs (the
-earlier implementation) for the before/after comparison.
+backward, AdamW step. DDAMFN is timed as params.yaml commits it (the study model, `model.ddamfn`)
+and at the paper's width 1.0; its MixConv runs as separate group convs (`split`, the default) or
+as one depthwise conv with zero-padded kernels (`fused`). `--compile` adds the study model under
+`torch.compile` (its first steps compile: the warm-up column says how long that took).
 
     python benchmarks/bench_train.py                      # writes reports/benchmark_train.{json,md}
     python benchmarks/bench_train.py --rounds 1 --steps 3 --out /tmp/bench   # a quick look
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ferlab.config import load_params
-from ferlab.machine import cpu_name
+from ferlab.machine import cpu_name, load_average, write_benchmark
 from ferlab.training.run import TrainJob
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,24 +33,26 @@ PARAMS = load_params(ROOT / "params.yaml")
 LIVE_JOB = TrainJob.fast(PARAMS)
 LIVE = {k: v for k, v in LIVE_JOB.options.items() if k != "dropout"}
 SEPNET = {k: v for k, v in PARAMS["model"]["sepnet"].items() if k != "dropout"}
+STUDY = {k: v for k, v in PARAMS["model"]["ddamfn"].items() if k != "dropout"}
+PAPER = {**STUDY, "width": 1.0}  # the paper's DDAMFN: the same options at full width
 CASES = [
-    # (model, input size, precision, memory format, MixConv, model options)
-    (LIVE_JOB.model, 48, "fp32", "channels_last", "-", LIVE),
-    (LIVE_JOB.model, 48, "bf16", "channels_last", "-", LIVE),
-    ("sepnet", 48, "fp32", "channels_last", "-", SEPNET),
-    ("sepnet", 48, "fp32", "channels_last", "-", {**SEPNET, "stem_stride": 2}),
-    ("sepnet", 48, "fp32", "channels_last", "-", {}),  # the original: stride-1 stem, width 1
-    ("sepnet", 48, "fp32", "contiguous", "-", {}),
-    ("sepnet", 48, "bf16", "channels_last", "-", SEPNET),
-    ("baseline", 48, "fp32", "channels_last", "-", {}),
-    ("baseline", 48, "bf16", "channels_last", "-", {}),
-    ("ddamfn", 48, "fp32", "channels_last", "split", {}),
-    ("ddamfn", 48, "fp32", "channels_last", "fused", {}),
-    ("ddamfn", 48, "fp32", "contiguous", "split", {}),
-    ("ddamfn", 48, "bf16", "channels_last", "split", {}),
-    ("ddamfn", 112, "fp32", "channels_last", "split", {}),
-    ("ddamfn", 112, "fp32", "channels_last", "fused", {}),
+    # (model, input size, precision, memory format, MixConv, model options, torch.compile)
+    (LIVE_JOB.model, 48, "fp32", "channels_last", "-", LIVE, False),
+    (LIVE_JOB.model, 48, "bf16", "channels_last", "-", LIVE, False),
+    ("baseline", 48, "fp32", "channels_last", "-", {}, False),
+    ("baseline", 48, "bf16", "channels_last", "-", {}, False),
+    ("sepnet", 48, "fp32", "channels_last", "-", SEPNET, False),
+    ("ddamfn", 48, "fp32", "channels_last", "split", STUDY, False),
+    ("ddamfn", 48, "fp32", "channels_last", "fused", STUDY, False),
+    ("ddamfn", 48, "fp32", "contiguous", "split", STUDY, False),
+    ("ddamfn", 48, "bf16", "channels_last", "split", STUDY, False),
+    ("ddamfn", 112, "fp32", "channels_last", "split", STUDY, False),
+    ("ddamfn", 112, "fp32", "channels_last", "fused", STUDY, False),
+    ("ddamfn", 48, "fp32", "channels_last", "split", PAPER, False),
+    ("ddamfn", 112, "fp32", "channels_last", "split", PAPER, False),
+    ("ddamfn", 112, "fp32", "channels_last", "fused", PAPER, False),
 ]
+COMPILED = [("ddamfn", 48, "fp32", "channels_last", "split", STUDY, True)]
 
 
 def native_bf16() -> bool:
@@ -73,31 +77,39 @@ for m in model.modules():
 fmt = torch.channels_last if {fmt!r} == "channels_last" else torch.contiguous_format
 model = model.to(memory_format=fmt).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+if hasattr(model, "forward_with_heads"):
+    forward = model.forward_with_heads
+else:
+    def forward(x):
+        return model(x), None
+if {compiled}:
+    forward = torch.compile(forward)
 faces = torch.rand({batch}, 1, 48, 48)
 target = torch.softmax(torch.randn({batch}, 8), 1)
 g = torch.Generator().manual_seed(0)
 def step():
     x = ((augment_batch(faces, g, out_size={size}) - 0.5) / 0.5).contiguous(memory_format=fmt)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled={bf16}):
-        if hasattr(model, "forward_with_heads"):
-            logits, heads = model.forward_with_heads(x)
-        else:
-            logits, heads = model(x), None
+        logits, heads = forward(x)
     loss = total_loss(logits.float(), target, None if heads is None else heads.float(), lam=0.1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+t = time.perf_counter()
 for _ in range(2):
     step()
+warmup = time.perf_counter() - t
 t = time.perf_counter()
 for _ in range({steps}):
     step()
-print(json.dumps({{"images_per_s": {steps} * {batch} / (time.perf_counter() - t)}}))
+rate = {steps} * {batch} / (time.perf_counter() - t)
+print(json.dumps({{"images_per_s": rate, "warmup_s": warmup}}))
 """
 
 
-def run_case(case: tuple, threads: int, steps: int, batch: int) -> float:
-    model, size, precision, fmt, mixconv, options = case
+def run_case(case: tuple, threads: int, steps: int, batch: int) -> dict:
+    """One case in a fresh process: {"images_per_s", "warmup_s"} (the first two steps)."""
+    model, size, precision, fmt, mixconv, options, compiled = case
     code = WORKER.format(
         options=options,
         src=str(ROOT / "src"),
@@ -109,9 +121,10 @@ def run_case(case: tuple, threads: int, steps: int, batch: int) -> float:
         batch=batch,
         bf16=precision == "bf16",
         steps=steps,
+        compiled=compiled,
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _options(options: dict) -> str:
@@ -125,67 +138,71 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated model names")
+    parser.add_argument(
+        "--compile", action="store_true", help="add the study model under torch.compile"
+    )
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_train"))
     args = parser.parse_args()
-    cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
+    cases = [
+        c
+        for c in CASES + (COMPILED if args.compile else [])
+        if not args.only or c[0] in args.only.split(",")
+    ]
     bf16 = native_bf16()
     if not bf16:
         cases = [c for c in cases if c[2] != "bf16"]
-    rates: list[list[float]] = [[] for _ in cases]
+    results: list[list[dict]] = [[] for _ in cases]
     for r in range(args.rounds):
         for i, case in enumerate(cases):
-            rates[i].append(run_case(case, args.threads, args.steps, args.batch))
-            print(f"round {r + 1} {case}: {rates[i][-1]:.1f} img/s", flush=True)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
-    rows = [
-        {
-            "model": c[0],
-            "input_size": c[1],
-            "precision": c[2],
-            "memory_format": c[3],
-            "mixconv": c[4],
-            "options": c[5],
-            "images_per_s": sorted(v)[len(v) // 2],
-            "rounds": v,
-        }
-        for c, v in zip(cases, rates, strict=True)
-    ]
-    report = {
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": args.threads,
-            "native_bf16": bf16,
-            "load_average_after": load,
-        },
-        "batch": args.batch,
-        "steps": args.steps,
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+            results[i].append(run_case(case, args.threads, args.steps, args.batch))
+            print(f"round {r + 1} {case}: {results[i][-1]['images_per_s']:.1f} img/s", flush=True)
+    rows = []
+    for c, runs in zip(cases, results, strict=True):
+        rates = [run["images_per_s"] for run in runs]
+        rows.append(
+            {
+                "model": c[0],
+                "input_size": c[1],
+                "precision": c[2],
+                "memory_format": c[3],
+                "mixconv": c[4],
+                "options": c[5],
+                "compile": c[6],
+                "images_per_s": sorted(rates)[len(rates) // 2],
+                "rounds": rates,
+                "warmup_s": max(run["warmup_s"] for run in runs),
+            }
+        )
     lines = [
         f"# Training throughput ({cpu_name()}, {args.threads} thread(s), batch {args.batch})",
         "",
         f"Median of {args.rounds} interleaved rounds of {args.steps} steps; load average after: "
-        f"{' '.join(load)}. `python benchmarks/bench_train.py`. A step is the loop's: batch "
-        "augmentation, forward, loss, backward, AdamW.",
+        f"{' '.join(load_average())}. `python benchmarks/bench_train.py`. A step is the loop's: "
+        "batch augmentation, forward, loss, backward, AdamW. Warm-up: the slowest round's first "
+        "two steps (with torch.compile, the compilation).",
         "",
     ]
     if not bf16:
         lines += ["No native bf16 on this CPU (oneDNN reports none): bf16 cases not timed.", ""]
     lines += [
-        "| model | options | input | precision | memory format | MixConv | images/s |",
-        "|---|---|---|---|---|---|---:|",
+        "| model | options | input | precision | memory format | MixConv | compiled | images/s "
+        "| warm-up s |",
+        "|---|---|---|---|---|---|---|---:|---:|",
     ]
     lines += [
         f"| {r['model']} | {_options(r['options'])} | {r['input_size']} | {r['precision']} | "
-        f"{r['memory_format']} | {r['mixconv']} | {r['images_per_s']:.1f} |"
+        f"{r['memory_format']} | {r['mixconv']} | {'yes' if r['compile'] else 'no'} | "
+        f"{r['images_per_s']:.1f} | {r['warmup_s']:.1f} |"
         for r in rows
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report = {
+        "threads": args.threads,
+        "native_bf16": bf16,
+        "batch": args.batch,
+        "steps": args.steps,
+        "rows": rows,
+    }
+    write_benchmark(args.out, report, lines)
 
 
 if __name__ == "__main__":
