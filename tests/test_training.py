@@ -426,3 +426,21 @@ def test_auto_targets_without_the_votes_file_say_so_and_use_labels(tmp_path: Pat
     assert targets.dtype == np.int64 and targets.tolist() == [0, 3, 5]
     assert len(said) == 1 and said[0].startswith("WARNING") and str(missing) in said[0]
     assert "data.votes" in said[0] and "train.targets=labels" in said[0]
+
+
+@pytest.mark.parametrize(
+    ("world_size", "cuda", "gpus", "backend"),
+    [
+        (2, False, 0, "gloo"),  # CPU ranks
+        (2, True, 1, "gloo"),  # the committed 2 processes on a one-GPU machine: they share it
+        (1, True, 1, "nccl"),
+        (2, True, 2, "nccl"),  # one GPU each
+        (4, True, 2, "gloo"),
+    ],
+)
+def test_processes_beyond_the_gpu_count_share_them_instead_of_failing(
+    world_size: int, cuda: bool, gpus: int, backend: str
+) -> None:
+    from ferlab.training.run import process_group_backend
+
+    assert process_group_backend(world_size, cuda, gpus) == backend

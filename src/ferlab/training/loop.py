@@ -103,6 +103,8 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":  # the GPU init_distributed set for this rank (DDP needs its index)
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 

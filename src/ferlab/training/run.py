@@ -40,17 +40,35 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def process_group_backend(world_size: int, cuda: bool, gpus: int) -> str:
+    """NCCL where every process has a GPU of its own; gloo on CPU, and where processes must
+    share a GPU (`train.processes` above the GPU count, e.g. the committed 2 on a one-GPU
+    machine): NCCL refuses two ranks on one device, gloo runs them, only slower."""
+    return "nccl" if cuda and world_size <= gpus else "gloo"
+
+
 def init_distributed() -> bool:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join the process group torchrun describes; under CUDA each rank takes GPU
+    local_rank % GPU count."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or dist.is_initialized():
         return False
     import torch
 
     die_with_parent()
 
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    cuda = torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if cuda else 0
+    backend = process_group_backend(world_size, cuda, gpus)
+    if cuda and backend == "gloo" and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"train: {world_size} processes share {gpus} GPU(s) over gloo; "
+            f"-S train.processes={gpus} runs one process per GPU over NCCL",
+            flush=True,
+        )
+    dist.init_process_group(backend)
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
     return True
 
 
