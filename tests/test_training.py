@@ -428,6 +428,33 @@ def test_auto_targets_without_the_votes_file_say_so_and_use_labels(tmp_path: Pat
     assert "data.votes" in said[0] and "train.targets=labels" in said[0]
 
 
+def test_auto_targets_with_the_votes_file_are_the_vote_distributions(tmp_path: Path) -> None:
+    from ferlab.classes import CLASS_TO_INDEX
+    from ferlab.training.run import training_targets
+
+    votes = tmp_path / "ferplus_votes.csv"
+    votes.write_text(
+        "ferplus_split,image,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+        "unknown,NF\n"
+        "Training,fer0000000.png,4,0,0,1,3,2,0,0,0,0\n"  # the single sadness vote is dropped
+        "Training,fer0000001.png,6,0,1,1,0,0,0,0,2,0\n"  # only neutral is left: unknown is no class
+    )
+    paths = np.array(["train/neutral/fer0000000.png", "x/fer0000001.png", "x/not_voted.png"])
+    labels = np.array([CLASS_TO_INDEX["neutral"]] * 2 + [CLASS_TO_INDEX["fear"]])
+    targets = training_targets({"targets": "auto"}, votes, paths, labels)
+    expected = np.zeros((3, 8), dtype=np.float32)
+    expected[0, [CLASS_TO_INDEX["neutral"], CLASS_TO_INDEX["anger"], CLASS_TO_INDEX["disgust"]]] = [
+        4 / 9, 3 / 9, 2 / 9,
+    ]  # fmt: skip
+    expected[1, CLASS_TO_INDEX["neutral"]] = 1.0
+    expected[2, CLASS_TO_INDEX["fear"]] = 1.0  # not in the votes file: keeps its label
+    np.testing.assert_allclose(targets, expected, rtol=1e-6)
+    as_labels = training_targets({"targets": "labels"}, votes, paths, labels)
+    assert as_labels.dtype == np.int64 and as_labels.tolist() == labels.tolist()
+    with pytest.raises(FileNotFoundError, match=r"absent\.csv.*train\.targets=labels"):
+        training_targets({"targets": "votes"}, tmp_path / "absent.csv", paths, labels)
+
+
 @pytest.mark.parametrize(
     ("world_size", "cuda", "gpus", "backend"),
     [

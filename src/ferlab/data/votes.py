@@ -21,7 +21,8 @@ def vote_distributions(votes_csv: str | Path, paths: np.ndarray, labels: np.ndar
     votes_csv = Path(votes_csv)
     if not votes_csv.is_file():
         raise FileNotFoundError(
-            f"{votes_csv}: FER+ vote file not found; set data.votes or train.soft_labels=false"
+            f"{votes_csv}: FER+ vote file not found; set data.votes, or train.targets=labels "
+            "to train on the plurality labels"
         )
     table = pd.read_csv(votes_csv)
     missing = [c for c in ("image", *FERPLUS_ORDER) if c not in table.columns]
