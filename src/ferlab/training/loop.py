@@ -148,6 +148,16 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0]) >> 1
 
 
+def augmentation_generator(
+    seed: int, epoch: int, rank: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """The generator one rank draws an epoch's batch augmentation and mixup from: each rank
+    its own stream (rank in the seed), each run the same."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derived_seed(seed, epoch, rank, 2))
+    return generator
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -469,8 +479,7 @@ def fit(
     started = clock()
     for epoch in range(start_epoch, config.epochs + 1):
         torch.manual_seed(derived_seed(config.seed, epoch, rank, 1))  # dropout
-        generator = torch.Generator(device=device)
-        generator.manual_seed(derived_seed(config.seed, epoch, rank, 2))  # augmentation, mixup
+        generator = augmentation_generator(config.seed, epoch, rank, device)
         order = epoch_order(hard_labels, epoch, config, num_classes)
         order = torch.from_numpy(order[rank * per_rank : (rank + 1) * per_rank]).to(device)
         train_view.train()
