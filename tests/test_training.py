@@ -142,6 +142,36 @@ def test_same_seed_same_weights_however_slow_the_machine(real_faces, tmp_path: P
     assert (tmp_path / "quick/model.pt").read_bytes() == (tmp_path / "slow/model.pt").read_bytes()
 
 
+def test_compiled_training_updates_the_model_it_checkpoints(real_faces, tmp_path: Path) -> None:
+    """train.compile compiles the training forward only: the optimizer still moves the model's
+    own parameters (the checkpoint is trained, not the initial weights), and it learns what the
+    eager loop learns, up to float rounding."""
+    images, labels = real_faces
+
+    def run(folder: str, compile: bool) -> tuple[dict, dict, list]:
+        torch.manual_seed(0)
+        model = build_tiny()
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        result = fit(model, images, labels, images[:32], labels[:32],
+                     tiny_config(epochs=2, augment=False, compile=compile),
+                     tmp_path / folder / "model.pt", baseline_meta())  # fmt: skip
+        return (
+            initial,
+            read_checkpoint(tmp_path / folder / "model.pt")["state_dict"],
+            result.history,
+        )
+
+    initial, eager, eager_history = run("eager", compile=False)
+    _, compiled, compiled_history = run("compiled", compile=True)
+    weight = next(k for k, v in initial.items() if v.dim() == 4)  # the first conv's kernel
+    assert not torch.allclose(compiled[weight], initial[weight])
+    for key, tensor in eager.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(compiled[key], tensor, atol=2e-3, rtol=1e-3), key
+    for before, after in zip(eager_history, compiled_history, strict=True):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-3)
+
+
 def test_class_balance_sampler_evens_out_classes() -> None:
     labels = np.array([0] * 900 + [1] * 100)
     config = tiny_config(class_balance="sampler")
