@@ -10,8 +10,10 @@
 # uint8 train set lives on the device, batches are augmented there, bf16 autocast (always on
 # under CUDA), torch.compile, one process per GPU. The run is scored on the evaluate stage's
 # protocols, exported to ONNX and logged to MLflow like any train-run (reports/runs/NAME/), and
-# reports/runs/NAME/timing.json holds each step's wall time and the device. It runs outside the
-# DAG: dvc.lock and the committed CPU study are left as they are.
+# reports/runs/NAME/timing.json holds the wall time of the data stages and of the training run,
+# and the device. The training runs outside the DAG: the committed study model is left as it is
+# (on a machine without the data cache, `dvc repro preprocess` runs the data stages for real and
+# records them in dvc.lock).
 set -euo pipefail
 
 usage() {
@@ -63,26 +65,30 @@ else
 fi
 
 # The script's recipe; -S overrides given on the command line come later and win.
-# Batch 256 fills a GPU better than the CPU's 64 a process; the learning rate grows with it.
+# A global batch of 256 (split over the processes, so the schedule is the same on 1 or 8 GPUs)
+# fills a GPU better than the CPU's 2 x 64; the learning rate grows with it.
 recipe=(
     model.name=ddamfn model.input_size=112 model.ddamfn.width=1.0
     train.device="$device" train.processes="$processes" train.compile=true
-    train.batch_size=256 train.lr=0.004 train.epochs="$epochs"
+    train.batch_size=$((256 / processes)) train.lr=0.004 train.epochs="$epochs"
 )
 overrides=()
 for item in "${recipe[@]}"; do overrides+=(-S "$item"); done
-overrides+=("${extra[@]}")
+overrides+=(${extra[@]+"${extra[@]}"})  # (this form: old bash's set -u and empty arrays)
 
 started=$SECONDS
 echo "gpu_study: data stages (dvc repro preprocess)"
 dvc repro preprocess
 data_s=$((SECONDS - started))
 
+if [[ ${#force[@]} -gt 0 ]]; then
+    rm -f "reports/runs/$name/timing.json"  # replaced with the run, never left beside a new one
+fi
 echo "gpu_study: ferlab train-run $name (${processes} process(es) on $device)"
-ferlab train-run "${force[@]}" "${overrides[@]}" -- "$name"
+ferlab train-run ${force[@]+"${force[@]}"} "${overrides[@]}" -- "$name"
 total_s=$((SECONDS - started))
 
-python - "$name" "$device" "$data_s" "$total_s" <<'EOF'
+python - "$name" "$device" "$processes" "$data_s" "$total_s" <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -91,12 +97,14 @@ import torch
 
 from ferlab.machine import cpu_name
 
-name, device, data_s, total_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+name, device = sys.argv[1], sys.argv[2]
+processes, data_s, total_s = (int(v) for v in sys.argv[3:6])
 accelerator = torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 timing = {
     "device": device,
     "accelerator": accelerator,
     "gpus": torch.cuda.device_count() if device == "cuda" else 0,
+    "processes": processes,  # the script's; a -S train.processes=... overrides it
     "data_stages_s": data_s,
     "train_evaluate_export_s": total_s - data_s,
     "total_s": total_s,

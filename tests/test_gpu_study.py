@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -49,14 +50,24 @@ def test_cpu_smoke_run_trains_scores_and_times_the_papers_model_at_112(
     run = json.loads((repo / "reports/runs/smoke/run.json").read_text())
     assert run["model"] == "ddamfn" and run["input_size"] == 112
     assert run["options"]["width"] == 1.0
-    assert run["overrides"][-1] == "train.compile=false"  # the caller's, after the recipe's
-    assert "train.compile=true" in run["overrides"] and "train.epochs=1" in run["overrides"]
+    # The params the run trained with, as logged to the copy's MLflow store: the script's
+    # recipe, and the caller's -S over it.
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        logged = dict(
+            db.execute(
+                "SELECT p.key, p.value FROM params p JOIN runs r ON p.run_uuid = r.run_uuid "
+                "WHERE r.name LIKE 'train-run smoke%' AND r.status = 'FINISHED'"
+            ).fetchall()
+        )
+    assert logged["model.input_size"] == "112" and logged["model.ddamfn.width"] == "1.0"
+    assert logged["train.batch_size"] == "256" and logged["train.epochs"] == "1"
+    assert logged["train.device"] == "cpu" and logged["train.compile"] == "False"
     metrics = json.loads((repo / "reports/runs/smoke/metrics.json").read_text())
     assert 0.0 <= metrics["smoke"]["test"]["accuracy"] <= 1.0
     assert (repo / "models/runs/smoke/model.onnx").stat().st_size > 1_000_000
 
     timing = json.loads((repo / "reports/runs/smoke/timing.json").read_text())
-    assert timing["device"] == "cpu" and timing["gpus"] == 0
+    assert timing["device"] == "cpu" and timing["gpus"] == 0 and timing["processes"] == 1
     assert 0 <= timing["data_stages_s"] <= timing["total_s"]
     assert timing["train_evaluate_export_s"] == timing["total_s"] - timing["data_stages_s"]
 

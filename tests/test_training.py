@@ -161,8 +161,12 @@ def test_compiled_training_updates_the_model_it_checkpoints(real_faces, tmp_path
             result.history,
         )
 
+    from torch._dynamo.utils import counters
+
     initial, eager, eager_history = run("eager", compile=False)
+    counters.clear()
     _, compiled, compiled_history = run("compiled", compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the forward was compiled, not run eagerly
     weight = next(k for k, v in initial.items() if v.dim() == 4)  # the first conv's kernel
     assert not torch.allclose(compiled[weight], initial[weight])
     for key, tensor in eager.items():
