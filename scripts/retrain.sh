@@ -20,7 +20,8 @@ set -euo pipefail
 # The small profile: a CPU-sized subset run of the real pipeline (the README's small profile).
 # `fast.train.epochs` shortens the live models' training too (evaluate scores every model of
 # evaluate.models: the study model, the live model and the mean of its two seeds).
-SMALL_PROFILE=(split.max_per_class=200 train.epochs=3 model.name=baseline fast.train.epochs=3)
+SMALL_PROFILE=(split.max_per_class=200 train.epochs=3 model.name=baseline fast.train.epochs=3
+    train.compile=false)
 SMALL_TARGETS=(evaluate)
 # Plots compared across revisions: the `plots` entry reports/confusion_test.csv (the study
 # model's test confusion) and the study model's confusion figure, one file of the `plots`

@@ -60,7 +60,7 @@ def small_profile(params_file: Path, source: Path, votes_csv: Path) -> dict:
     params["validate"]["min_per_class"] = {"train": 10, "test": 10}
     # The baseline's options are params.yaml's `model.baseline` (each model takes its own).
     params["model"].update(name="baseline", input_size=48)
-    params["train"].update(epochs=2, batch_size=32, max_minutes=0)
+    params["train"].update(epochs=2, batch_size=32, max_minutes=0, compile=False)
     params["fast"]["train"].update(epochs=1, batch_size=32)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     return params

@@ -148,6 +148,28 @@ def test_the_live_models_stage_declares_every_train_key_it_reads() -> None:
     )
 
 
+def test_the_age_models_stage_declares_every_training_key_it_reads() -> None:
+    """age_model trains with the train group under the age group's keys (TrainConfig takes
+    both): each training setting it reads must be declared where it is read from, or changing
+    it would leave a stale age model."""
+    from dataclasses import fields
+
+    from ferlab.training.loop import TrainConfig
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["age_model"]
+    settings = {f.name for f in fields(TrainConfig)} - {"seed"}  # the seed is the top level's
+    from_age = settings & set(params["age"])
+    from_train = (settings & set(params["train"])) - from_age
+    declared = set(stage["params"])
+    missing = {f"age.{k}" for k in from_age} | {f"train.{k}" for k in from_train}
+    missing -= declared
+    extra = {p for p in declared if p.startswith("train.")} - {f"train.{k}" for k in from_train}
+    assert not missing and not extra, (
+        f"dvc.yaml age_model: declare {sorted(missing)}, drop {sorted(extra)}"
+    )
+
+
 def test_the_second_live_model_reads_what_the_first_does_but_its_seed() -> None:
     """train_fast_second is train_fast's job from another seed: the same params and code, or a
     change to the live recipe would leave half of the `fast_pair` candidate stale."""

@@ -142,6 +142,44 @@ def test_same_seed_same_weights_however_slow_the_machine(real_faces, tmp_path: P
     assert (tmp_path / "quick/model.pt").read_bytes() == (tmp_path / "slow/model.pt").read_bytes()
 
 
+def test_compiled_training_updates_the_model_it_checkpoints(real_faces, tmp_path: Path) -> None:
+    """train.compile compiles the training forward only: the optimizer still moves the model's
+    own parameters (the checkpoint is trained, not the initial weights), and it learns what the
+    eager loop learns, up to float rounding. SGD, whose steps scale with the gradient: AdamW's
+    first step is lr x sign(gradient), which rounding flips for near-zero gradients."""
+    images, labels = real_faces
+
+    def run(folder: str, compile: bool) -> tuple[dict, dict, list]:
+        torch.manual_seed(0)
+        model = build_tiny()
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        result = fit(model, images, labels, images[:32], labels[:32],
+                     tiny_config(epochs=2, augment=False, optimizer="sgd", compile=compile),
+                     tmp_path / folder / "model.pt", baseline_meta())  # fmt: skip
+        return (
+            initial,
+            read_checkpoint(tmp_path / folder / "model.pt")["state_dict"],
+            result.history,
+        )
+
+    from torch._dynamo.utils import counters
+
+    initial, eager, eager_history = run("eager", compile=False)
+    counters.clear()
+    _, compiled, compiled_history = run("compiled", compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the forward was compiled, not run eagerly
+    weight = next(k for k, v in initial.items() if v.dim() == 4)  # the first conv's kernel
+    assert not torch.allclose(compiled[weight], initial[weight], atol=1e-3)
+    # Rounding differs (fused kernels), and BatchNorm on 16-face batches amplifies it over the
+    # steps: the two runs must agree to a small fraction of how far training moved the weights.
+    floats = [k for k, v in eager.items() if v.is_floating_point() and k in initial]
+    moved = torch.cat([(eager[k] - initial[k]).flatten() for k in floats]).norm()
+    apart = torch.cat([(compiled[k] - eager[k]).flatten() for k in floats]).norm()
+    assert apart < 0.1 * moved
+    for before, after in zip(eager_history, compiled_history, strict=True):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=0.05)
+
+
 def test_class_balance_sampler_evens_out_classes() -> None:
     labels = np.array([0] * 900 + [1] * 100)
     config = tiny_config(class_balance="sampler")
