@@ -2,6 +2,7 @@
 # The DDAMFN study at the paper's size (112 px, width 1.0) on a CUDA machine, end to end:
 #
 #   scripts/gpu_study.sh                       # every GPU, 40 epochs, run name ddamfn-112-gpu
+#   scripts/gpu_study.sh --processes 1         # one process on the first GPU
 #   scripts/gpu_study.sh --epochs 60 -S train.lr=0.003
 #   scripts/gpu_study.sh --device cpu --epochs 1 -S train.compile=false   # a CPU smoke run
 #
@@ -18,12 +19,14 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: scripts/gpu_study.sh [--name NAME] [--epochs N] [--device cuda|cpu] [--force]
-                            [-S key=value]...
+usage: scripts/gpu_study.sh [--name NAME] [--epochs N] [--device cuda|cpu]
+                            [--processes N] [--force] [-S key=value]...
 
   --name NAME    run name: models/runs/NAME/, reports/runs/NAME/ (default ddamfn-112-gpu)
   --epochs N     training epochs (default 40)
   --device       cuda (default: refused when no GPU is visible); cpu for a smoke run
+  --processes N  training processes (default: one per visible GPU; 1 on cpu); the global
+                 batch of 256 is split over them
   --force        replace an earlier run of this NAME
   -S key=value   params override for the training run (repeatable), applied after this
                  script's own; the data stages run from params.yaml
@@ -38,6 +41,7 @@ die() {
 name="ddamfn-112-gpu"
 epochs=40
 device="cuda"
+processes=""
 force=()
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -45,23 +49,29 @@ while [[ $# -gt 0 ]]; do
         --name) [[ $# -ge 2 ]] || die "--name needs a value"; name="$2"; shift 2 ;;
         --epochs) [[ $# -ge 2 ]] || die "--epochs needs a value"; epochs="$2"; shift 2 ;;
         --device) [[ $# -ge 2 ]] || die "--device needs a value"; device="$2"; shift 2 ;;
+        --processes) [[ $# -ge 2 ]] || die "--processes needs a value"; processes="$2"; shift 2 ;;
         --force) force=(--force); shift ;;
-        -S) [[ $# -ge 2 ]] || die "-S needs key=value"; extra+=(-S "$2"); shift 2 ;;
+        -S)
+            [[ $# -ge 2 ]] || die "-S needs key=value"
+            # The process count also splits the batch and is recorded in timing.json.
+            [[ "$2" != train.processes=* ]] || die "-S $2: use --processes ${2#*=}"
+            extra+=(-S "$2"); shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
 [[ "$epochs" =~ ^[1-9][0-9]*$ ]] || die "--epochs $epochs: give a positive whole number"
 [[ "$device" == cuda || "$device" == cpu ]] || die "--device $device: choose cuda or cpu"
+[[ -z "$processes" || "$processes" =~ ^[1-9][0-9]*$ ]] || die "--processes $processes: give a positive whole number"
 
 cd "$(dirname "$0")/.."
 
 if [[ "$device" == cuda ]]; then
     gpus=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
     [[ "$gpus" -ge 1 ]] || die "no CUDA device visible to PyTorch; run it on a GPU machine, or --device cpu for a smoke run"
-    processes="$gpus"  # one per GPU, over NCCL
+    processes="${processes:-$gpus}"  # default: one per GPU, over NCCL
 else
-    processes=1
+    processes="${processes:-1}"
 fi
 
 # The script's recipe; -S overrides given on the command line come later and win.
@@ -104,7 +114,7 @@ timing = {
     "device": device,
     "accelerator": accelerator,
     "gpus": torch.cuda.device_count() if device == "cuda" else 0,
-    "processes": processes,  # the script's; a -S train.processes=... overrides it
+    "processes": processes,
     "data_stages_s": data_s,
     "train_evaluate_export_s": total_s - data_s,
     "total_s": total_s,

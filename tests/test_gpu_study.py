@@ -92,6 +92,9 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         (["--epochs", "0"], "--epochs 0"),
         (["--device", "tpu"], "--device tpu"),
         (["--bogus"], "unknown argument"),
+        (["--processes", "0"], "--processes 0"),
+        # The process count splits the batch and is recorded, so it has its own option.
+        (["-S", "train.processes=2"], "use --processes 2"),
     ):
         done = script(tmp_path, *args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
