@@ -6,8 +6,10 @@ copied whole (git history, DVC cache, MLflow store) for each test that changes i
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,22 @@ TEST_PROFILE = (
 )
 
 _baselines: dict[str, Path] = {}
+
+
+def run_script(repo: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `scripts/<name>` in `repo` with the venv's tools (dvc, ferlab) on PATH and the
+    repo's own MLflow store, as a user of a fresh clone would; the result, unchecked."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("GITHUB_BASE_REF", None)  # on CI pull requests it would change retrain.sh's base
+    return subprocess.run(
+        ["bash", f"scripts/{name}", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
 
 
 def set_args(overrides: tuple[str, ...] | list[str]) -> list[str]:

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from pipeline_helpers import clone_baseline, small_baseline
+from pipeline_helpers import clone_baseline, run_script, small_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the repo's GPU study script with the venv's tools on PATH; the result, unchecked."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own SQLite store
-    return subprocess.run(
-        ["bash", "scripts/gpu_study.sh", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    """Run the repo's GPU study script; the result, unchecked."""
+    return run_script(repo, "gpu_study.sh", *args)
 
 
 @pytest.mark.slow

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import TEST_PROFILE, clone_baseline, git, set_args, small_baseline
+from pipeline_helpers import TEST_PROFILE, clone_baseline, git, run_script, set_args, small_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the repo's retraining script with the venv's dvc on PATH; the result, unchecked."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # each copy's own SQLite store
-    env.pop("GITHUB_BASE_REF", None)
-    return subprocess.run(
-        ["bash", "scripts/retrain.sh", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    """Run the repo's retraining script; the result, unchecked."""
+    return run_script(repo, "retrain.sh", *args)
 
 
 def table_rows(markdown: str) -> list[list[str]]:
