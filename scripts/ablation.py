@@ -39,7 +39,12 @@ ABLATIONS: list[tuple[str, str, list[str]]] = [
     ("no-ema", "no weight EMA", ["++fast.train.ema_decay=0"]),
     ("mixup", "mixup α = 0.2", ["++fast.train.mixup_alpha=0.2"]),
     ("smooth", "label smoothing 0.1", ["++fast.train.label_smoothing=0.1"]),
-    ("no-tta", "no flip TTA when scoring (same weights as recipe)", ["evaluate.tta_flip=false"]),
+    # No test-time views at all: no mirror and no extra crops, whatever evaluate commits.
+    (
+        "no-tta",
+        "no flip TTA when scoring (same weights as recipe)",
+        ["evaluate.tta_flip=false", "evaluate.tta_crops=[1.0]"],
+    ),
 ]
 METRICS = {
     "reference": ("reference_private", "accuracy"),

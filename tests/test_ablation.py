@@ -27,9 +27,14 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
     ablation = load_script()
     study = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # Params that score an extra crop: "no-tta" must turn off every test-time view.
+    with_crops = (
+        (ROOT / "params.yaml").read_text().replace("tta_crops: [1.0]", "tta_crops: [1.0, 0.92]")
+    )
+    assert "tta_crops: [1.0, 0.92]" in with_crops
     for name, _, overrides in ablation.ABLATIONS:
         path = tmp_path / f"{name}.yaml"
-        path.write_text((ROOT / "params.yaml").read_text())
+        path.write_text(with_crops)
         apply_overrides(
             str(path),
             [
@@ -51,6 +56,7 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
             assert changed["fast"]["train"]["targets"] == "labels"
         if name == "no-tta":
             assert changed["evaluate"]["tta_flip"] is False
+            assert changed["evaluate"]["tta_crops"] == [1.0]
 
 
 def test_table_rows_come_from_the_experiments_metrics() -> None:
