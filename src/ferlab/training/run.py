@@ -159,6 +159,17 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
     rank = dist.get_rank() if dist.is_initialized() else 0
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda _m: None)
     targets = training_targets(job.train, params["data"]["votes"], train_paths, train_labels, log)
+    target_kind = "votes" if targets.ndim == 2 else "labels"
+    data_sha256 = file_sha256(arrays_root / f"{variant}_train.npz")
+    teachers = [str(t) for t in job.train.get("teachers") or []]
+    teacher_weight = float(job.train.get("teacher_weight", 0.0))
+    if teachers and teacher_weight > 0:
+        from ferlab.training.distill import distillation_targets
+
+        targets = distillation_targets(
+            teachers, teacher_weight, targets, train_images, data_sha256, log
+        )
+        target_kind += " + teachers"
 
     seed_everything(config.seed)
     model = build_model(job.model, input_size=job.input_size, **job.options)
@@ -168,15 +179,17 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
         "model": {"name": job.model, **job.options},
         "input_size": job.input_size,
         "variant": variant,
-        "data_sha256": file_sha256(arrays_root / f"{variant}_train.npz"),
+        "data_sha256": data_sha256,
         "n_parameters": n_params,
-        "targets": "votes" if targets.ndim == 2 else "labels",
+        "targets": target_kind,
         # Training class frequencies: the prior that logit adjustment divides out.
         "class_prior": [float(p) for p in prior],
     }
+    if "teachers" in target_kind:
+        meta |= {"teachers": teachers, "teacher_weight": teacher_weight}
     log(
         f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
-        f"{variant} faces at {job.input_size}px ({meta['targets']} targets, {config.epochs} "
+        f"{variant} faces at {job.input_size}px ({target_kind} targets, {config.epochs} "
         f"epochs); validating on {len(val_labels)}"
     )
 
