@@ -15,7 +15,7 @@ def main(which: str) -> None:
     stage, make_job = JOBS[which]
     params = load_params()
     job = make_job(params)
-    distributed = init_distributed()
+    distributed = init_distributed(job.train.get("device", "auto"))
     import torch.distributed as dist
 
     if distributed and dist.get_rank() != 0:

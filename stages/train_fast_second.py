@@ -23,7 +23,7 @@ def main() -> None:
     params = {**params, "seed": seed}
     job = TrainJob.fast(params, "models/fast_second.pt", "reports/fast_second")
     job = replace(job, train={**job.train, "seed": seed})
-    distributed = init_distributed()
+    distributed = init_distributed(job.train.get("device", "auto"))
     import torch.distributed as dist
 
     if distributed and dist.get_rank() != 0:

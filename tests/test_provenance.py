@@ -148,6 +148,17 @@ def test_the_live_models_stage_declares_every_train_key_it_reads() -> None:
     )
 
 
+def test_the_study_model_depends_on_the_teachers_it_learns_from() -> None:
+    """train distils from train.teachers: each must be a dep (a retrained teacher retrains the
+    student), and the live models, the teachers themselves, must not distil."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    teachers = params["train"]["teachers"] if params["train"]["teacher_weight"] > 0 else []
+    assert set(teachers) <= set(stages["train"]["deps"]), "dvc.yaml train: add each teacher"
+    live = {**params["train"], **params["fast"]["train"]}
+    assert not live["teachers"] or live["teacher_weight"] == 0
+
+
 def test_the_age_models_stage_declares_every_training_key_it_reads() -> None:
     """age_model trains with the train group under the age group's keys (TrainConfig takes
     both): each training setting it reads must be declared where it is read from, or changing

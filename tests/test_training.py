@@ -494,18 +494,20 @@ def test_auto_targets_with_the_votes_file_are_the_vote_distributions(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("world_size", "cuda", "gpus", "backend"),
+    ("device", "local_processes", "gpus", "backend"),
     [
-        (2, False, 0, "gloo"),  # CPU ranks
-        (2, True, 1, "gloo"),  # the committed 2 processes on a one-GPU machine: they share it
-        (1, True, 1, "nccl"),
-        (2, True, 2, "nccl"),  # one GPU each
-        (4, True, 2, "gloo"),
+        ("auto", 2, 0, "gloo"),  # CPU ranks
+        ("auto", 2, 1, "gloo"),  # the committed 2 processes on a one-GPU machine: they share it
+        ("auto", 1, 1, "nccl"),
+        ("cuda", 2, 2, "nccl"),  # one GPU each
+        ("auto", 4, 2, "gloo"),
+        ("cpu", 2, 0, "gloo"),  # train.device: cpu on a GPU machine (no GPU counted)
+        ("cpu", 1, 1, "gloo"),  # ...even if a GPU were counted: the ranks stay on the CPU
     ],
 )
 def test_processes_beyond_the_gpu_count_share_them_instead_of_failing(
-    world_size: int, cuda: bool, gpus: int, backend: str
+    device: str, local_processes: int, gpus: int, backend: str
 ) -> None:
     from ferlab.training.run import process_group_backend
 
-    assert process_group_backend(world_size, cuda, gpus) == backend
+    assert process_group_backend(device, local_processes, gpus) == backend

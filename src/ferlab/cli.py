@@ -576,7 +576,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             command += [f"--nproc_per_node={processes}", "-m", "ferlab.cli", *args]
             sys.stdout.flush()
             os.execv(sys.executable, command)
-    if init_distributed():
+    if init_distributed(job.train.get("device", "auto")):
         import torch.distributed as dist
 
         if dist.get_rank() != 0:

@@ -40,16 +40,17 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def process_group_backend(world_size: int, cuda: bool, gpus: int) -> str:
-    """NCCL where every process has a GPU of its own; gloo on CPU, and where processes must
-    share a GPU (`train.processes` above the GPU count, e.g. the committed 2 on a one-GPU
-    machine): NCCL refuses two ranks on one device, gloo runs them, only slower."""
-    return "nccl" if cuda and world_size <= gpus else "gloo"
+def process_group_backend(device: str, local_processes: int, gpus: int) -> str:
+    """NCCL where every process on this machine has a GPU of its own; gloo on a CPU, with
+    `train.device: cpu` on a GPU machine, and where processes must share a GPU
+    (`train.processes` above the GPU count, e.g. the committed 2 on a one-GPU machine): NCCL
+    refuses two ranks on one device, gloo runs them, only slower."""
+    return "nccl" if device != "cpu" and 0 < local_processes <= gpus else "gloo"
 
 
-def init_distributed() -> bool:
-    """Join the process group torchrun describes; under CUDA each rank takes GPU
-    local_rank % GPU count."""
+def init_distributed(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (`device` is `train.device`); under CUDA each
+    rank takes GPU local_rank % GPU count."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 or dist.is_initialized():
         return False
@@ -57,12 +58,14 @@ def init_distributed() -> bool:
 
     die_with_parent()
 
-    cuda = torch.cuda.is_available()
+    cuda = device != "cpu" and torch.cuda.is_available()
     gpus = torch.cuda.device_count() if cuda else 0
-    backend = process_group_backend(world_size, cuda, gpus)
+    # The processes that share this machine's GPUs (torchrun's --nproc_per_node).
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    backend = process_group_backend(device, local_processes, gpus)
     if cuda and backend == "gloo" and int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"train: {world_size} processes share {gpus} GPU(s) over gloo; "
+            f"train: {local_processes} processes share {gpus} GPU(s) over gloo; "
             f"-S train.processes={gpus} runs one process per GPU over NCCL",
             flush=True,
         )
@@ -159,6 +162,17 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
     rank = dist.get_rank() if dist.is_initialized() else 0
     log = (lambda message: print(message, flush=True)) if rank == 0 else (lambda _m: None)
     targets = training_targets(job.train, params["data"]["votes"], train_paths, train_labels, log)
+    target_kind = "votes" if targets.ndim == 2 else "labels"
+    data_sha256 = file_sha256(arrays_root / f"{variant}_train.npz")
+    teachers = [str(t) for t in job.train.get("teachers") or []]
+    teacher_weight = float(job.train.get("teacher_weight", 0.0))
+    if teachers and teacher_weight > 0:
+        from ferlab.training.distill import distillation_targets
+
+        targets = distillation_targets(
+            teachers, teacher_weight, targets, train_images, data_sha256, log
+        )
+        target_kind += " + teachers"
 
     seed_everything(config.seed)
     model = build_model(job.model, input_size=job.input_size, **job.options)
@@ -168,15 +182,17 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
         "model": {"name": job.model, **job.options},
         "input_size": job.input_size,
         "variant": variant,
-        "data_sha256": file_sha256(arrays_root / f"{variant}_train.npz"),
+        "data_sha256": data_sha256,
         "n_parameters": n_params,
-        "targets": "votes" if targets.ndim == 2 else "labels",
+        "targets": target_kind,
         # Training class frequencies: the prior that logit adjustment divides out.
         "class_prior": [float(p) for p in prior],
     }
+    if "teachers" in target_kind:
+        meta |= {"teachers": teachers, "teacher_weight": teacher_weight}
     log(
         f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
-        f"{variant} faces at {job.input_size}px ({meta['targets']} targets, {config.epochs} "
+        f"{variant} faces at {job.input_size}px ({target_kind} targets, {config.epochs} "
         f"epochs); validating on {len(val_labels)}"
     )
 

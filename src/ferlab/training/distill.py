@@ -1,0 +1,88 @@
+"""Distillation targets: a model learns from the crowd's votes mixed with stronger models' view.
+
+Offline distillation: the teachers' mean class probability on each unaugmented training face
+(with its mirror, as the evaluate stage scores) is computed once before training, and the
+student trains on (1 − w) · the crowd's target + w · the teachers' probability
+(`train.teachers`, `train.teacher_weight`). The cost is one pass of the teachers over the
+training set, sharded across ranks: about a minute for the two live nets on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ferlab.inference import load_models
+from ferlab.training.loop import predict_logits_on_device
+
+
+def teacher_probabilities(
+    teachers: Sequence[str | Path], faces_u8: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """N×C float32: the teachers' mean class probability on uint8 faces N×H×W, each face
+    averaged with its mirror. Under torchrun each rank scores its own slice of the faces and
+    every rank gets them all."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    bounds = np.linspace(0, len(faces_u8), world + 1).astype(int)
+    model, meta = load_models(list(teachers))
+    mine = torch.from_numpy(np.ascontiguousarray(faces_u8[bounds[rank] : bounds[rank + 1]]))
+    with torch.no_grad():
+        probs = predict_logits_on_device(
+            model, mine, int(meta["input_size"]), batch_size=batch_size, tta_flip=True
+        ).softmax(dim=1)
+    if world > 1:
+        # all_gather wants equal shapes: pad each slice to the longest, then trim.
+        longest = int(np.diff(bounds).max())
+        padded = torch.zeros((longest, probs.shape[1]), dtype=probs.dtype)
+        padded[: len(probs)] = probs
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        probs = torch.cat([g[:n] for g, n in zip(gathered, np.diff(bounds), strict=True)])
+    return probs.numpy().astype(np.float32)
+
+
+def mix_targets(crowd: np.ndarray, teacher: np.ndarray, teacher_weight: float) -> np.ndarray:
+    """(1 − w) · crowd + w · teacher, row by row, each row summing to 1. `crowd` is vote
+    distributions N×C or class indices N (taken as one-hot); `teacher` N×C probabilities."""
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise ValueError(f"train.teacher_weight={teacher_weight}; choose a value in [0, 1]")
+    if crowd.ndim == 1:
+        crowd = np.eye(teacher.shape[1], dtype=np.float32)[crowd.astype(np.int64)]
+    if crowd.shape != teacher.shape:
+        raise ValueError(f"crowd targets {crowd.shape} and teachers' {teacher.shape} differ")
+    mixed = (1.0 - teacher_weight) * crowd + teacher_weight * teacher
+    return (mixed / mixed.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def distillation_targets(
+    teachers: Sequence[str | Path],
+    teacher_weight: float,
+    crowd: np.ndarray,
+    train_u8: np.ndarray,
+    data_sha256: str,
+    log: Callable[[str], None] = print,
+) -> np.ndarray:
+    """The student's targets: `crowd` mixed with the teachers' probabilities on `train_u8`.
+    Refuses teachers trained on other arrays (their probabilities would be of other faces'
+    training, and a stale teacher would pass silently)."""
+    for path in teachers:
+        _, meta = load_models(path)
+        if meta.get("data_sha256") != data_sha256:
+            raise ValueError(
+                f"{path}: trained on other arrays than this run's; retrain it (dvc repro) or "
+                "drop it from train.teachers"
+            )
+    log(f"teachers {', '.join(map(str, teachers))}: scoring {len(train_u8)} training faces")
+    teacher = teacher_probabilities(teachers, train_u8)
+    targets = mix_targets(crowd, teacher, teacher_weight)
+    top = crowd if crowd.ndim == 1 else crowd.argmax(1)
+    log(
+        f"teacher weight {teacher_weight}: the teachers' top class is the crowd's on "
+        f"{float((teacher.argmax(1) == top).mean()):.1%} of the faces, and the mixed "
+        f"target's on {float((targets.argmax(1) == top).mean()):.1%}"
+    )
+    return targets

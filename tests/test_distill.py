@@ -1,0 +1,63 @@
+"""Distillation targets: the crowd's votes mixed with trained teachers' probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_training import baseline_meta, build_tiny, tiny_config
+
+from ferlab.training.distill import distillation_targets, mix_targets, teacher_probabilities
+from ferlab.training.loop import fit
+
+
+def test_mixing_weighs_crowd_and_teachers_and_keeps_distributions() -> None:
+    votes = np.array([[0.5, 0.5, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0]], dtype=np.float32)
+    teacher = np.full((2, 8), 1 / 8, dtype=np.float32)
+    mixed = mix_targets(votes, teacher, 0.25)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed[1, 2], 0.75 + 0.25 / 8, rtol=1e-6)
+    np.testing.assert_allclose(mix_targets(votes, teacher, 0.0), votes)
+    np.testing.assert_allclose(mix_targets(votes, teacher, 1.0), teacher)
+    labels = np.array([2, 7])  # plurality labels are taken as one-hot
+    np.testing.assert_allclose(mix_targets(labels, teacher, 0.5)[0, 2], 0.5 + 0.5 / 8)
+    with pytest.raises(ValueError, match=r"teacher_weight=1\.5"):
+        mix_targets(votes, teacher, 1.5)
+    with pytest.raises(ValueError, match="differ"):
+        mix_targets(votes[:1], teacher, 0.5)
+
+
+@pytest.fixture(scope="module")
+def teacher(real_faces, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small net trained for two epochs on real faces, its checkpoint naming its data."""
+    images, labels = real_faces
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    meta = {**baseline_meta(), "data_sha256": "arrays-a"}
+    fit(build_tiny(), images, labels, images, labels, tiny_config(epochs=2), path, meta)
+    return path
+
+
+def test_teachers_probabilities_are_their_mean_over_face_and_mirror(real_faces, teacher) -> None:
+    images, _ = real_faces
+    one = teacher_probabilities([teacher], images[:40])
+    assert one.shape == (40, 8) and one.dtype == np.float32
+    np.testing.assert_allclose(one.sum(axis=1), 1.0, rtol=1e-5)
+    # A face and its mirror are the same face to a teacher that averages both.
+    np.testing.assert_allclose(teacher_probabilities([teacher], images[:40, :, ::-1]), one,
+                               atol=1e-5)  # fmt: skip
+    # Two copies of one teacher are that teacher.
+    np.testing.assert_allclose(teacher_probabilities([teacher, teacher], images[:40]), one,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_distillation_targets_use_only_teachers_of_the_same_arrays(real_faces, teacher) -> None:
+    images, labels = real_faces
+    said: list[str] = []
+    targets = distillation_targets([teacher], 0.5, labels, images, "arrays-a", said.append)
+    assert targets.shape == (len(labels), 8)
+    # Half of each target is the one-hot label, so the label is always its top class.
+    assert (targets.argmax(axis=1) == labels).all() and (targets.max(axis=1) >= 0.5).all()
+    assert "scoring" in said[0] and "teacher weight 0.5" in said[1]
+    with pytest.raises(ValueError, match=rf"{teacher.name}: trained on other arrays"):
+        distillation_targets([teacher], 0.5, labels, images, "arrays-b")
