@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_training import baseline_meta, build_tiny, tiny_config
 
+from ferlab.inference import load_models
 from ferlab.training.distill import distillation_targets, mix_targets, teacher_probabilities
 from ferlab.training.loop import fit
 
@@ -40,15 +41,18 @@ def teacher(real_faces, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_teachers_probabilities_are_their_mean_over_face_and_mirror(real_faces, teacher) -> None:
     images, _ = real_faces
-    one = teacher_probabilities([teacher], images[:40])
+
+    def probabilities(checkpoints: list[Path], faces: np.ndarray) -> np.ndarray:
+        model, meta = load_models(checkpoints)
+        return teacher_probabilities(model, int(meta["input_size"]), faces)
+
+    one = probabilities([teacher], images[:40])
     assert one.shape == (40, 8) and one.dtype == np.float32
     np.testing.assert_allclose(one.sum(axis=1), 1.0, rtol=1e-5)
     # A face and its mirror are the same face to a teacher that averages both.
-    np.testing.assert_allclose(teacher_probabilities([teacher], images[:40, :, ::-1]), one,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(probabilities([teacher], images[:40, :, ::-1]), one, atol=1e-5)
     # Two copies of one teacher are that teacher.
-    np.testing.assert_allclose(teacher_probabilities([teacher, teacher], images[:40]), one,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(probabilities([teacher, teacher], images[:40]), one, atol=1e-5)
 
 
 def test_distillation_targets_use_only_teachers_of_the_same_arrays(real_faces, teacher) -> None:

@@ -15,24 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ferlab.inference import load_models
 from ferlab.training.loop import predict_logits_on_device
 
 
 def teacher_probabilities(
-    teachers: Sequence[str | Path], faces_u8: np.ndarray, batch_size: int = 256
+    teachers: nn.Module, input_size: int, faces_u8: np.ndarray, batch_size: int = 256
 ) -> np.ndarray:
-    """N×C float32: the teachers' mean class probability on uint8 faces N×H×W, each face
-    averaged with its mirror. Under torchrun each rank scores its own slice of the faces and
-    every rank gets them all."""
+    """N×C float32: the class probability of `teachers` (as `load_models` returns them: one
+    model or their mean) on uint8 faces N×H×W, each face averaged with its mirror. Under
+    torchrun each rank scores its own slice of the faces and every rank gets them all."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     bounds = np.linspace(0, len(faces_u8), world + 1).astype(int)
-    model, meta = load_models(list(teachers))
     mine = torch.from_numpy(np.ascontiguousarray(faces_u8[bounds[rank] : bounds[rank + 1]]))
     with torch.no_grad():
         probs = predict_logits_on_device(
-            model, mine, int(meta["input_size"]), batch_size=batch_size, tta_flip=True
+            teachers, mine, input_size, batch_size=batch_size, tta_flip=True
         ).softmax(dim=1)
     if world > 1:
         # all_gather wants equal shapes: pad each slice to the longest, then trim.
@@ -69,15 +69,16 @@ def distillation_targets(
     """The student's targets: `crowd` mixed with the teachers' probabilities on `train_u8`.
     Refuses teachers trained on other arrays (their probabilities would be of other faces'
     training, and a stale teacher would pass silently)."""
-    for path in teachers:
-        _, meta = load_models(path)
-        if meta.get("data_sha256") != data_sha256:
-            raise ValueError(
-                f"{path}: trained on other arrays than this run's; retrain it (dvc repro) or "
-                "drop it from train.teachers"
-            )
-    log(f"teachers {', '.join(map(str, teachers))}: scoring {len(train_u8)} training faces")
-    teacher = teacher_probabilities(teachers, train_u8)
+    names = ", ".join(map(str, teachers))
+    # load_models already refuses teachers trained on differing arrays among themselves.
+    model, meta = load_models(list(teachers))
+    if meta.get("data_sha256") != data_sha256:
+        raise ValueError(
+            f"{names}: trained on other arrays than this run's; retrain (dvc repro) or drop "
+            "them from train.teachers"
+        )
+    log(f"teachers {names}: scoring {len(train_u8)} training faces")
+    teacher = teacher_probabilities(model, int(meta["input_size"]), train_u8)
     targets = mix_targets(crowd, teacher, teacher_weight)
     top = crowd if crowd.ndim == 1 else crowd.argmax(1)
     log(
