@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,12 @@ import pytest
 from test_training import baseline_meta, build_tiny, tiny_config
 
 from ferlab.inference import load_models
-from ferlab.training.distill import distillation_targets, mix_targets, teacher_probabilities
+from ferlab.training.distill import (
+    distillation_targets,
+    mix_targets,
+    teacher_probabilities,
+    teacher_settings,
+)
 from ferlab.training.loop import fit
 
 
@@ -65,3 +74,65 @@ def test_distillation_targets_use_only_teachers_of_the_same_arrays(real_faces, t
     assert "scoring" in said[0] and "teacher weight 0.5" in said[1]
     with pytest.raises(ValueError, match=rf"{teacher.name}: trained on other arrays"):
         distillation_targets([teacher], 0.5, labels, images, "arrays-b")
+
+
+def test_a_missing_teacher_is_named_with_the_command_that_trains_it(real_faces, tmp_path) -> None:
+    images, labels = real_faces
+    missing = tmp_path / "fast.pt"
+    with pytest.raises(FileNotFoundError, match=r"fast\.pt: no such teacher.*dvc repro train_fast"):
+        distillation_targets([missing], 0.5, labels, images, "arrays-a")
+
+
+def test_teacher_settings_take_one_path_as_a_list_and_refuse_weights_outside_0_1() -> None:
+    assert teacher_settings({}) == ([], 0.0)
+    assert teacher_settings({"teachers": "models/fast.pt", "teacher_weight": 0.5}) == (
+        ["models/fast.pt"],
+        0.5,
+    )
+    assert teacher_settings({"teachers": ["a.pt", "b.pt"], "teacher_weight": 1}) == (
+        ["a.pt", "b.pt"],
+        1.0,
+    )
+    for weight in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"train\.teacher_weight={weight}"):
+            teacher_settings({"teachers": ["a.pt"], "teacher_weight": weight})
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, torch.distributed as dist
+    from ferlab.inference import load_models
+    from ferlab.training.distill import teacher_probabilities
+    from ferlab.training.run import init_distributed
+    assert init_distributed("cpu")
+    model, meta = load_models({teacher!r})
+    probs = teacher_probabilities(model, int(meta["input_size"]), np.load({faces!r}))
+    np.save({out!r}.format(dist.get_rank()), probs)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_ranks_each_score_a_slice_and_both_get_every_face_in_order(
+    real_faces, teacher, tmp_path: Path
+) -> None:
+    """41 faces over 2 ranks: unequal slices, padded for the gather and trimmed after."""
+    images, _ = real_faces
+    faces = tmp_path / "faces.npy"
+    np.save(faces, images[:41])
+    script = tmp_path / "sharded.py"
+    out = str(tmp_path / "rank{}.npy")
+    script.write_text(SHARDED_SCRIPT.format(teacher=str(teacher), faces=str(faces), out=out))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29534", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, meta = load_models(teacher)
+    alone = teacher_probabilities(model, int(meta["input_size"]), images[:41])
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(out.format(rank)), alone, atol=1e-5)

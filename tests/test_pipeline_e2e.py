@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ferlab.checkpoint import load_model
+from ferlab.io import file_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINE_STAGES = (
@@ -110,6 +113,13 @@ def test_dvc_repro_through_evaluate_and_export(
     fast_params = lock["stages"]["train_fast"]["params"]["params.yaml"]
     assert fast_params["fast"]["train"]["epochs"] == 1
     assert json.loads((repo / "reports/train.json").read_text())["epochs_run"] == 2
+    # The study model learnt from the live models (params.yaml's train.teachers), and its
+    # checkpoint names the very files it learnt from.
+    _, study_meta = load_model(repo / "models/model.pt")
+    teachers = params["train"]["teachers"]
+    assert teachers and study_meta["targets"] == "votes + teachers"
+    assert study_meta["teachers"] == teachers
+    assert study_meta["teacher_sha256"] == [file_sha256(repo / t) for t in teachers]
     assert json.loads((repo / "reports/fast/train.json").read_text())["epochs_run"] == 1
     assert (repo / "reports/fast/figures/training_curves.png").stat().st_size > 0
 

@@ -22,27 +22,35 @@ from ferlab.training.loop import predict_logits_on_device
 
 
 def teacher_probabilities(
-    teachers: nn.Module, input_size: int, faces_u8: np.ndarray, batch_size: int = 256
+    teachers: nn.Module,
+    input_size: int,
+    faces_u8: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """N×C float32: the class probability of `teachers` (as `load_models` returns them: one
-    model or their mean) on uint8 faces N×H×W, each face averaged with its mirror. Under
-    torchrun each rank scores its own slice of the faces and every rank gets them all."""
+    model or their mean) on uint8 faces N×H×W, each face averaged with its mirror, scored on
+    `device` (the CPU by default). Under torchrun each rank scores its own slice of the faces
+    and every rank gets them all."""
+    device = device or torch.device("cpu")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     bounds = np.linspace(0, len(faces_u8), world + 1).astype(int)
     mine = torch.from_numpy(np.ascontiguousarray(faces_u8[bounds[rank] : bounds[rank + 1]]))
     with torch.no_grad():
         probs = predict_logits_on_device(
-            teachers, mine, input_size, batch_size=batch_size, tta_flip=True
+            teachers.to(device), mine.to(device), input_size, batch_size=batch_size, tta_flip=True
         ).softmax(dim=1)
     if world > 1:
+        # NCCL gathers GPU tensors only, gloo CPU ones.
+        probs = probs.to(device if dist.get_backend() == "nccl" else "cpu")
         # all_gather wants equal shapes: pad each slice to the longest, then trim.
         longest = int(np.diff(bounds).max())
-        padded = torch.zeros((longest, probs.shape[1]), dtype=probs.dtype)
+        padded = torch.zeros((longest, probs.shape[1]), dtype=probs.dtype, device=probs.device)
         padded[: len(probs)] = probs
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded)
         probs = torch.cat([g[:n] for g, n in zip(gathered, np.diff(bounds), strict=True)])
-    return probs.numpy().astype(np.float32)
+    return probs.cpu().numpy().astype(np.float32)
 
 
 def mix_targets(crowd: np.ndarray, teacher: np.ndarray, teacher_weight: float) -> np.ndarray:
@@ -65,10 +73,17 @@ def distillation_targets(
     train_u8: np.ndarray,
     data_sha256: str,
     log: Callable[[str], None] = print,
+    device: torch.device | None = None,
 ) -> np.ndarray:
-    """The student's targets: `crowd` mixed with the teachers' probabilities on `train_u8`.
-    Refuses teachers trained on other arrays (their probabilities would be of other faces'
-    training, and a stale teacher would pass silently)."""
+    """The student's targets: `crowd` mixed with the teachers' probabilities on `train_u8`
+    (scored on `device`). Refuses teachers trained on other arrays (their probabilities would be
+    of other faces' training, and a stale teacher would pass silently)."""
+    for path in teachers:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no such teacher checkpoint; train it (the live models: `dvc repro "
+                "train_fast train_fast_second`) or drop it from train.teachers"
+            )
     names = ", ".join(map(str, teachers))
     # load_models already refuses teachers trained on differing arrays among themselves.
     model, meta = load_models(list(teachers))
@@ -78,7 +93,7 @@ def distillation_targets(
             "them from train.teachers"
         )
     log(f"teachers {names}: scoring {len(train_u8)} training faces")
-    teacher = teacher_probabilities(model, int(meta["input_size"]), train_u8)
+    teacher = teacher_probabilities(model, int(meta["input_size"]), train_u8, device=device)
     targets = mix_targets(crowd, teacher, teacher_weight)
     top = crowd if crowd.ndim == 1 else crowd.argmax(1)
     log(
@@ -87,3 +102,14 @@ def distillation_targets(
         f"target's on {float((targets.argmax(1) == top).mean()):.1%}"
     )
     return targets
+
+
+def teacher_settings(train: dict) -> tuple[list[str], float]:
+    """`train.teachers` and `train.teacher_weight`, checked before any teacher is scored: the
+    checkpoints as a list (one path alone is a list of one) and the weight in [0, 1]."""
+    raw = train.get("teachers") or []
+    teachers = [str(raw)] if isinstance(raw, (str, Path)) else [str(t) for t in raw]
+    weight = float(train.get("teacher_weight", 0.0))
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"train.teacher_weight={weight}; choose a value in [0, 1] (0 = off)")
+    return teachers, weight

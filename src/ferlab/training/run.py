@@ -22,7 +22,7 @@ from ferlab.config import data_path
 from ferlab.data.arrays import load_split
 from ferlab.io import atomic_path, file_sha256, write_json
 from ferlab.models import build_model
-from ferlab.training.loop import FitResult, TrainConfig, fit, seed_everything
+from ferlab.training.loop import FitResult, TrainConfig, fit, resolve_device, seed_everything
 
 
 def die_with_parent() -> None:
@@ -164,13 +164,18 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
     targets = training_targets(job.train, params["data"]["votes"], train_paths, train_labels, log)
     target_kind = "votes" if targets.ndim == 2 else "labels"
     data_sha256 = file_sha256(arrays_root / f"{variant}_train.npz")
-    teachers = [str(t) for t in job.train.get("teachers") or []]
-    teacher_weight = float(job.train.get("teacher_weight", 0.0))
-    if teachers and teacher_weight > 0:
-        from ferlab.training.distill import distillation_targets
+    from ferlab.training.distill import distillation_targets, teacher_settings
 
+    teachers, teacher_weight = teacher_settings(job.train)
+    if teachers and teacher_weight > 0:
         targets = distillation_targets(
-            teachers, teacher_weight, targets, train_images, data_sha256, log
+            teachers,
+            teacher_weight,
+            targets,
+            train_images,
+            data_sha256,
+            log,
+            device=resolve_device(config.device),
         )
         target_kind += " + teachers"
 
@@ -189,7 +194,12 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
         "class_prior": [float(p) for p in prior],
     }
     if "teachers" in target_kind:
-        meta |= {"teachers": teachers, "teacher_weight": teacher_weight}
+        # By content too: a teacher's path is overwritten when it is retrained.
+        meta |= {
+            "teachers": teachers,
+            "teacher_sha256": [file_sha256(t) for t in teachers],
+            "teacher_weight": teacher_weight,
+        }
     log(
         f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
         f"{variant} faces at {job.input_size}px ({target_kind} targets, {config.epochs} "
