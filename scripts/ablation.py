@@ -10,9 +10,11 @@ The table goes to reports/ablation_fast.{json,md}.
     python scripts/ablation.py --epochs 1 --only recipe,no-ema --out /tmp/ablation
 
 Changes go under `fast.train` (the live model's overrides) so the study model's stage keeps
-its params and DVC does not retrain it; `~evaluate.models.study` and `~evaluate.models.fast_pair`
-score the live model only (the evaluate stage still depends on `train_fast_second`, so each
-experiment trains that second seed too, on the same short schedule).
+its params, and each experiment runs only `STAGES` (`--single-item`): the study model learns
+from the live models (`train.teachers`), so following the DAG from `evaluate` would retrain
+DDAMFN from 3-epoch teachers for every row. `~evaluate.models.study` and
+`~evaluate.models.fast_pair` score the live model only; the second seed is trained too, on the
+same short schedule, because the evaluate stage depends on it.
 An ablation whose training params equal another's (the eval-only rows) is restored from DVC's
 run-cache and costs only its evaluation.
 """
@@ -31,6 +33,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ferlab.io import write_json, write_text  # noqa: E402
 from ferlab.machine import cpu_name  # noqa: E402
+
+# The stages each experiment runs, in this order and no others (see the docstring).
+STAGES = ("train_fast", "train_fast_second", "evaluate")
 
 # (name, what changes, DVC overrides on top of the short schedule)
 ABLATIONS: list[tuple[str, str, list[str]]] = [
@@ -52,6 +57,11 @@ METRICS = {
     "clean_balanced": ("clean_test", "balanced_accuracy"),
     "clean_prior_corrected_balanced": ("clean_test", "prior_corrected_balanced_accuracy"),
 }
+
+
+def queue_command(name: str, sets: list[str]) -> list[str]:
+    """The `dvc` arguments that queue one experiment of `STAGES` alone."""
+    return ["exp", "run", "--queue", "-n", name, *sets, "--single-item", *STAGES]
 
 
 def dvc(*args: str, capture: bool = False, repo: Path = ROOT) -> str:
@@ -144,7 +154,7 @@ def main() -> None:
             [sys.executable, "-m", "dvc", "exp", "remove", exp], cwd=ROOT, capture_output=True
         )  # a rerun replaces its earlier experiment of the same name
         sets = [x for item in (*short, *overrides) for x in ("-S", item)]
-        dvc("exp", "run", "--queue", "-n", exp, *sets, "evaluate")
+        dvc(*queue_command(exp, sets))
         print(f"ablation: queued {exp}: {change}", flush=True)
     dvc("exp", "run", "--run-all", "--jobs", "1")
     results = experiment_results(set(names), baseline_rev)

@@ -59,6 +59,31 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
             assert changed["evaluate"]["tta_crops"] == [1.0]
 
 
+def test_each_experiment_runs_the_live_stages_and_never_the_study_training() -> None:
+    """The study model depends on the live models (its teachers), so an experiment that
+    followed the DAG from `evaluate` would retrain DDAMFN; the queued command names its stages
+    and runs those alone, every stage that reads the live recipe among them, in DAG order."""
+    ablation = load_script()
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    command = ablation.queue_command("ablation-x-3ep", ["-S", "fast.train.epochs=3"])
+    assert command[:5] == ["exp", "run", "--queue", "-n", "ablation-x-3ep"]
+    assert "--single-item" in command and command[-3:] == list(ablation.STAGES)
+    assert "train" not in ablation.STAGES and set(ablation.STAGES) <= set(stages)
+    reads_live_recipe = {
+        name for name, stage in stages.items()
+        if any(str(p) == "fast" or str(p).startswith("fast.") for p in stage.get("params", []))
+    }  # fmt: skip
+    assert reads_live_recipe and reads_live_recipe <= set(ablation.STAGES)
+    # Each stage comes after the stages whose outputs it reads.
+    made_by = {out: name for name, stage in stages.items() for out in stage.get("outs", [])
+               if isinstance(out, str)}  # fmt: skip
+    order = list(ablation.STAGES)
+    for name in order:
+        for dep in stages[name].get("deps", []):
+            if made_by.get(dep) in order:
+                assert order.index(made_by[dep]) < order.index(name), (name, dep)
+
+
 def test_table_rows_come_from_the_experiments_metrics() -> None:
     ablation = load_script()
     metrics = {
