@@ -38,7 +38,7 @@ def probabilities(checkpoints: list[Path], params: dict, arrays: str) -> tuple[l
     for path in checkpoints:
         if not path.is_file():
             raise SystemExit(f"ensemble_runs: {path}: no such checkpoint; train it first")
-        classifiers.append(load_classifier(path, views=settings.views, temperature=1.0))
+        classifiers.append(load_classifier(path, views=settings.views_for(), temperature=1.0))
     variants = {str(c.meta.get("variant", "original")) for c in classifiers}
     if len(variants) > 1:
         raise SystemExit(f"ensemble_runs: the models were trained on different variants {variants}")

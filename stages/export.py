@@ -43,7 +43,7 @@ def main() -> None:
                 test_images=int(realtime["export_test_images"]),
                 calibration_images=int(realtime["calibration_images"]),
                 seed=int(params["seed"]),
-                views=settings.views,  # the views the evaluate stage scored
+                views=settings.views_for(name),  # the views the evaluate stage scored
             )
             # Speed is measured, not asserted: it depends on the machine (named in the report).
             entry["ms_per_face_1_thread"] = {

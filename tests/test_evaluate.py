@@ -387,7 +387,25 @@ def test_evaluate_refuses_test_time_crops_that_are_no_centre_crop(crops) -> None
     with pytest.raises(DataError, match=r"params\.yaml evaluate\.tta_crops"):
         EvaluateSettings.from_params({"evaluate": {"tta_crops": crops}})
     chosen = EvaluateSettings.from_params({"evaluate": {"tta_crops": [1.0, 0.92]}})
-    assert chosen.views.count == 4  # two crops and their mirrors (tta_flip defaults on)
+    assert chosen.views_for("study").count == 4  # two crops and their mirrors (tta_flip on)
+
+
+def test_a_model_can_have_test_time_crops_of_its_own() -> None:
+    from ferlab.evaluation.evaluate import EvaluateSettings
+
+    models = {"study": "models/model.pt", "fast": "models/fast.pt"}
+    group = {"models": models, "tta_crops": [1.0], "tta_crops_by_model": {"study": [1.0, 0.92]}}
+    settings = EvaluateSettings.from_params({"evaluate": group})
+    assert settings.views_for("study").crops == (1.0, 0.92)
+    assert settings.views_for("fast").crops == (1.0,)
+    assert settings.views_for().crops == (1.0,)  # a model outside the list: the common views
+    for bad, message in (
+        ({"stduy": [1.0, 0.92]}, r"tta_crops_by_model\.stduy: no such model .*study, fast"),
+        ({"study": [1.0, 0.3]}, r"tta_crops_by_model\.study: test-time crops"),
+        ([1.0, 0.92], r"tta_crops_by_model must map model names"),
+    ):
+        with pytest.raises(DataError, match=message):
+            EvaluateSettings.from_params({"evaluate": {**group, "tta_crops_by_model": bad}})
 
 
 def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Path) -> None:

@@ -483,6 +483,10 @@ def test_export_stage_runs_under_dvc_and_bundle_chooses(
     )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["realtime"].update(export_test_images=80, calibration_images=32)
+    # The study model has views of its own; the others take the common ones.
+    params["evaluate"].update(
+        tta_flip=True, tta_crops=[1.0], tta_crops_by_model={"study": [1.0, 0.92]}
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bundled_before = (repo / "src/ferlab/bundled/model.onnx").read_bytes()
 
@@ -524,9 +528,12 @@ def test_export_stage_runs_under_dvc_and_bundle_chooses(
     # The export carries the evaluate stage's temperature (and uses it by default) and views.
     exported = OnnxClassifier(bundled)
     assert exported.temperature == 1.5 and exported.class_prior is not None
-    views = Views(tuple(params["evaluate"]["tta_crops"]), params["evaluate"]["tta_flip"])
+    views = Views((1.0, 0.92), flip=True)
     assert exported.meta["views"] == views.to_json()
-    assert all(c["views"] == views.to_json() for c in card["candidates"])
+    assert {c["model"]: c["views"]["crops"] for c in card["candidates"]} == {
+        "study": [1.0, 0.92], "fast": [1.0], "fast_pair": [1.0],
+    }  # fmt: skip
+    assert report["study"]["views"] == views.to_json()
     torch_model = TorchClassifier.from_checkpoint(small_checkpoint, views=views, temperature=1.5)
     if card["chosen"]["precision"] == "fp32":
         assert (

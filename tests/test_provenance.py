@@ -111,6 +111,7 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
         # the test-time views are scored by evaluate and put inside the graphs by export
         (("evaluate", "tta_flip"), False, {"evaluate", "export"}),
         (("evaluate", "tta_crops"), [1.0, 0.92], {"evaluate", "export"}),
+        (("evaluate", "tta_crops_by_model"), {"study": [1.0, 0.92]}, {"evaluate", "export"}),
         (("fast", "train", "epochs"), 99, {"train_fast", "train_fast_second"}),
         (("fast_second", "seed"), 8, {"train_fast_second"}),
         # the study model's options and schedule are not the live model's (fast.options and

@@ -611,7 +611,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             log=typer.echo,
         )[name]
         onnx_path = checkpoint.with_suffix(".onnx")
-        export_onnx(checkpoint, onnx_path, views=evaluate.views)  # as scored, as deployed
+        export_onnx(checkpoint, onnx_path, views=evaluate.views_for(name))  # as scored, as deployed
         # Batch 1, one thread, ONNX Runtime: the live loop's cost of a face on this CPU.
         cost = {
             "onnx_mb": round(onnx_path.stat().st_size / 1e6, 3),

@@ -1,8 +1,9 @@
 """The evaluate stage's work: every listed model, scored side by side under each test protocol.
 
 Per model: logits on val and test of the model with its test-time views (`evaluate.tta_flip`,
-`evaluate.tta_crops`: the views the export stage puts in its ONNX graph, so what is scored here
-is what is deployed), and on val without them for comparison; a temperature fitted on val by NLL;
+`evaluate.tta_crops`, or the model's own crops in `evaluate.tta_crops_by_model`: the views the
+export stage puts in its ONNX graph, so what is scored here is what is deployed), and on val
+without them for comparison; a temperature fitted on val by NLL;
 then for each protocol (plurality test, FER+ reference PrivateTest and PublicTest, clean test)
 accuracy, balanced accuracy, macro-F1, per-class precision and recall and the confusion
 matrix, under the plain argmax and under the prior-corrected decision; and the expected
@@ -77,12 +78,16 @@ class EvaluateSettings:
     tta_flip: bool = True
     # centre crops scored beside the whole face (fractions of its side; `Views`)
     tta_crops: tuple[float, ...] = (1.0,)
+    # name -> its own crops, for a model whose extra views are worth their cost (the study
+    # model is not timed against the live loop's budget)
+    tta_crops_by_model: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     logit_adjust_tau: float = 1.0
 
-    @property
-    def views(self) -> Views:
-        """The test-time views every model is scored with, and exported with."""
-        return Views(self.tta_crops, self.tta_flip)
+    def views_for(self, name: str | None = None) -> Views:
+        """The test-time views model `name` is scored with, and exported with: its own crops
+        if `tta_crops_by_model` lists it, else `tta_crops`."""
+        crops = self.tta_crops_by_model.get(name, self.tta_crops) if name else self.tta_crops
+        return Views(crops, self.tta_flip)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> EvaluateSettings:
@@ -112,6 +117,22 @@ class EvaluateSettings:
             Views(tuple(crops), False)
         except (TypeError, ValueError) as exc:
             raise DataError(f"params.yaml evaluate.tta_crops: {exc}") from None
+        by_model = group.get("tta_crops_by_model") or {}
+        if not isinstance(by_model, Mapping):
+            raise DataError(
+                "params.yaml evaluate.tta_crops_by_model must map model names to crop lists, "
+                "e.g. {study: [1.0, 0.92]}"
+            )
+        for name, own in by_model.items():
+            if name not in models:
+                raise DataError(
+                    f"params.yaml evaluate.tta_crops_by_model.{name}: no such model in "
+                    f"evaluate.models ({', '.join(map(str, models))}); fix the name or drop it"
+                )
+            try:
+                Views(tuple(own), False)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"params.yaml evaluate.tta_crops_by_model.{name}: {exc}") from None
         return cls(
             models={
                 str(k): [str(p) for p in v] if isinstance(v, list) else str(v)
@@ -120,6 +141,7 @@ class EvaluateSettings:
             batch_size=int(group.get("batch_size", 256)),
             tta_flip=bool(group.get("tta_flip", True)),
             tta_crops=tuple(float(c) for c in crops),
+            tta_crops_by_model={str(k): tuple(float(c) for c in v) for k, v in by_model.items()},
             logit_adjust_tau=tau,
         )
 
@@ -254,7 +276,7 @@ def evaluate_model(
     log: Log = print,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score one model; write its detail files. Returns (detail, test logits)."""
-    views = settings.views
+    views = settings.views_for(name)
     classifier = load_classifier(path, views=views, temperature=1.0)
     variant = str(classifier.meta.get("variant", "original"))
     inputs = inputs_for(variant)
