@@ -51,6 +51,19 @@ ABLATIONS: list[tuple[str, str, list[str]]] = [
         ["evaluate.tta_flip=false", "evaluate.tta_crops=[1.0]"],
     ),
 ]
+
+
+def short_schedule(epochs: int) -> list[str]:
+    """The overrides under every row: the live recipe for `epochs`, scored alone (the study
+    model and the pair, and the study model's own views, leave evaluate's list)."""
+    return [
+        f"fast.train.epochs={epochs}",
+        "~evaluate.models.study",
+        "~evaluate.models.fast_pair",
+        "~evaluate.tta_crops_by_model",
+    ]
+
+
 METRICS = {
     "reference": ("reference_private", "accuracy"),
     "clean": ("clean_test", "accuracy"),
@@ -138,11 +151,7 @@ def main() -> None:
         raise SystemExit(f"ablation: choose --epochs ≥ 1 and --only from {', '.join(known)}")
     # Queued experiments run in copies of the repo: point them all at this project's store.
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
-    short = [
-        f"fast.train.epochs={args.epochs}",
-        "~evaluate.models.study",
-        "~evaluate.models.fast_pair",
-    ]
+    short = short_schedule(args.epochs)
     baseline_rev = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, capture_output=True, check=True
     ).stdout.strip()

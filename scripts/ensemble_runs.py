@@ -1,8 +1,9 @@
 """What averaging several trained models' probabilities scores: the teacher a distilled live
 model could learn from, or an ensemble worth shipping if its cost fits.
 
-Each checkpoint is scored as the evaluate stage scores it (flip TTA, the same protocols on the
-cached arrays); then the mean of the first k models' probabilities for k = 1 .. N, in the order
+Each checkpoint is scored as the evaluate stage scores it (the test-time views of the listed
+model it is, else the common views; the same protocols on the cached arrays); then the mean
+of the first k models' probabilities for k = 1 .. N, in the order
 given. Choose the order on validation (the first model is the committed one), never on the test
 protocols this reports.
 
@@ -38,7 +39,8 @@ def probabilities(checkpoints: list[Path], params: dict, arrays: str) -> tuple[l
     for path in checkpoints:
         if not path.is_file():
             raise SystemExit(f"ensemble_runs: {path}: no such checkpoint; train it first")
-        classifiers.append(load_classifier(path, views=settings.views_for(), temperature=1.0))
+        views = settings.views_of_checkpoint(path)  # as evaluate scores that checkpoint
+        classifiers.append(load_classifier(path, views=views, temperature=1.0))
     variants = {str(c.meta.get("variant", "original")) for c in classifiers}
     if len(variants) > 1:
         raise SystemExit(f"ensemble_runs: the models were trained on different variants {variants}")
@@ -81,8 +83,8 @@ def markdown(rows: list[dict], cpu: str) -> str:
     lines = [
         "# Ensembles of trained models",
         "",
-        "Mean of the first k models' probabilities (flip TTA each), scored on the evaluate "
-        "stage's protocols; accuracy in % (balanced in brackets). `python "
+        "Mean of the first k models' probabilities (each with its evaluate views), scored on "
+        "the evaluate stage's protocols; accuracy in % (balanced in brackets). `python "
         f"scripts/ensemble_runs.py`, on {cpu}.",
         "",
         "| k | last model added | val | " + " | ".join(TRAIN_RUN_PROTOCOLS.values()) + " |",

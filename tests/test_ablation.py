@@ -24,6 +24,8 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
     not read (so DVC never retrains DDAMFN for it), and each changes what it says."""
     from dvc.utils.hydra import apply_overrides
 
+    from ferlab.evaluation.evaluate import EvaluateSettings
+
     ablation = load_script()
     study = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -35,16 +37,10 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
     for name, _, overrides in ablation.ABLATIONS:
         path = tmp_path / f"{name}.yaml"
         path.write_text(with_crops)
-        apply_overrides(
-            str(path),
-            [
-                "fast.train.epochs=3",
-                "~evaluate.models.study",
-                "~evaluate.models.fast_pair",
-                *overrides,
-            ],
-        )
+        apply_overrides(str(path), [*ablation.short_schedule(3), *overrides])
         changed = yaml.safe_load(path.read_text())
+        # The evaluate stage accepts what each experiment runs with.
+        views = EvaluateSettings.from_params(changed).views_for("fast")
         for key in study:
             old, new = base, changed
             for part in str(key).split("."):
@@ -57,6 +53,9 @@ def test_ablations_touch_only_the_live_model_and_evaluation(tmp_path: Path) -> N
         if name == "no-tta":
             assert changed["evaluate"]["tta_flip"] is False
             assert changed["evaluate"]["tta_crops"] == [1.0]
+            assert views.count == 1
+        else:
+            assert views.crops == (1.0, 0.92)  # the other rows keep the common views
 
 
 def test_each_experiment_runs_the_live_stages_and_never_the_study_training() -> None:

@@ -398,11 +398,15 @@ def test_a_model_can_have_test_time_crops_of_its_own() -> None:
     settings = EvaluateSettings.from_params({"evaluate": group})
     assert settings.views_for("study").crops == (1.0, 0.92)
     assert settings.views_for("fast").crops == (1.0,)
-    assert settings.views_for().crops == (1.0,)  # a model outside the list: the common views
+    assert settings.views_for("other").crops == (1.0,)  # not listed: the common views
+    # A run or an ensemble member is scored like the listed model whose checkpoint it is.
+    assert settings.views_of_checkpoint("models/model.pt").crops == (1.0, 0.92)
+    assert settings.views_of_checkpoint("models/runs/x/model.pt").crops == (1.0,)
     for bad, message in (
         ({"stduy": [1.0, 0.92]}, r"tta_crops_by_model\.stduy: no such model .*study, fast"),
         ({"study": [1.0, 0.3]}, r"tta_crops_by_model\.study: test-time crops"),
         ([1.0, 0.92], r"tta_crops_by_model must map model names"),
+        ({"study": 0.92}, r"tta_crops_by_model\.study = 0\.92 must be a list of crops"),
     ):
         with pytest.raises(DataError, match=message):
             EvaluateSettings.from_params({"evaluate": {**group, "tta_crops_by_model": bad}})
@@ -495,7 +499,12 @@ def test_evaluate_stage_scores_every_listed_model(fer_zip, trained, tmp_path: Pa
 def test_export_stores_the_fitted_temperature_and_prior(fer_zip, trained, tmp_path) -> None:
     project, _ = _scratch_project(fer_zip, trained, tmp_path)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["models"] = {"tiny": "models/model.pt"}
+    # Its own crops (as the study model has): scored by evaluate, then put in its graph.
+    params["evaluate"].update(
+        models={"tiny": "models/model.pt"},
+        tta_crops=[1.0],
+        tta_crops_by_model={"tiny": [1.0, 0.92]},
+    )
     params["realtime"].update(export_test_images=40, calibration_images=16)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _run(project, "evaluate").returncode == 0
@@ -505,7 +514,9 @@ def test_export_stores_the_fitted_temperature_and_prior(fer_zip, trained, tmp_pa
     onnx_model = OnnxClassifier(project / "models/onnx/tiny.onnx")
     # the export is the evaluated model: its views, its temperature, its answers
     assert onnx_model.temperature == pytest.approx(metrics["tiny"]["calibration"]["temperature"])
-    assert onnx_model.meta["views"] == {"crops": [1.0], "flip": True}
+    assert onnx_model.meta["views"] == {"crops": [1.0, 0.92], "flip": True}
+    detail = json.loads((project / "reports/evaluation/tiny.json").read_text())
+    assert detail["views"] == onnx_model.meta["views"]
     test_faces = np.load(project / "data/arrays/original_test.npz")["images"]
     evaluated = pd.read_csv(project / "reports/evaluation/tiny_predictions_test.csv")
     deployed = [CLASSES[i] for i in onnx_model.predict(test_faces)]

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 from test_evaluate import _scratch_project, trained  # noqa: F401  (module fixture)
 from test_faults import one_error_line, run_ferlab
 
-from ferlab.inference import OnnxClassifier, TorchClassifier
+from ferlab.inference import OnnxClassifier, TorchClassifier, Views
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,10 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     tmp_path: Path,
 ) -> None:
     project, facts = _scratch_project(fer_zip, trained, tmp_path)
+    # The committed live model has crops of its own: a --fast run is scored with them too.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["tta_crops_by_model"] = {"fast": [1.0, 0.92]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     pipeline_models = {p: md5(p) for p in (project / "models").glob("*.pt")}
     args = ("train-run", "narrow", "--fast", "-S", "fast.train.epochs=2")
     done = run_ferlab(project, *args, "-S", "fast.options.width=0.25")
@@ -43,6 +48,7 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert run["options"]["width"] == 0.25 and run["input_size"] == 48
     assert run["overrides"] == ["fast.train.epochs=2", "fast.options.width=0.25"]
     assert run["ms_per_face_1_thread"] > 0
+    assert run["views"] == {"crops": [1.0, 0.92], "flip": True}
     assert run["onnx_mb"] == round((run_dir / "model.onnx").stat().st_size / 1e6, 3)
     assert json.loads((out / "train.json").read_text())["epochs_run"] == 2
 
@@ -53,8 +59,13 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert 0 < metrics["clean_test"]["n"] < metrics["test"]["n"]
     # The ONNX export that was timed is the trained model.
     faces = np.load(project / "data/arrays/original_test.npz")["images"][:16]
-    torch_logits = TorchClassifier.from_checkpoint(run_dir / "model.pt").logits(faces)
-    assert np.abs(OnnxClassifier(run_dir / "model.onnx").logits(faces) - torch_logits).max() < 1e-3
+    views = Views((1.0, 0.92), flip=True)
+    torch_logits = TorchClassifier.from_checkpoint(run_dir / "model.pt", views=views).logits(faces)
+    exported = OnnxClassifier(run_dir / "model.onnx")
+    assert exported.meta["views"] == run["views"]
+    assert np.abs(exported.logits(faces) - torch_logits).max() < 1e-3
+    detail = json.loads((out / "evaluation/narrow.json").read_text())
+    assert detail["views"] == run["views"]
 
     # Logged to the project's MLflow store under the run's name, with its headline figures.
     with sqlite3.connect(project / "mlflow.db") as db:

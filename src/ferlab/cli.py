@@ -597,8 +597,13 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
     from ferlab.io import write_json
     from ferlab.machine import cpu_name
 
-    # The evaluate stage's settings, scoring this run's checkpoint only.
-    evaluate = replace(EvaluateSettings.from_params(params), models={name: str(checkpoint)})
+    # The evaluate stage's settings, scoring this run's checkpoint only, with the views of the
+    # committed model the run would replace (so its figures compare with that model's).
+    settings = EvaluateSettings.from_params(params)
+    views = settings.views_of_checkpoint("models/fast.pt" if fast else "models/model.pt")
+    evaluate = replace(
+        settings, models={name: str(checkpoint)}, tta_crops_by_model={name: views.crops}
+    )
     stage = "train_fast" if fast else "train"
     with tracking.stage_run(stage, params, params["mlflow"]["experiment"], f"train-run {name}"):
         train_job(params, job)
@@ -611,7 +616,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             log=typer.echo,
         )[name]
         onnx_path = checkpoint.with_suffix(".onnx")
-        export_onnx(checkpoint, onnx_path, views=evaluate.views_for(name))  # as scored, as deployed
+        export_onnx(checkpoint, onnx_path, views=views)  # as scored, as deployed
         # Batch 1, one thread, ONNX Runtime: the live loop's cost of a face on this CPU.
         cost = {
             "onnx_mb": round(onnx_path.stat().st_size / 1e6, 3),
@@ -635,6 +640,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             "model": job.model,
             "options": job.options,
             "input_size": job.input_size,
+            "views": views.to_json(),  # scored and exported with
             **cost,
             "cpu": cpu_name(),
         }

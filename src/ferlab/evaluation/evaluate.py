@@ -83,11 +83,18 @@ class EvaluateSettings:
     tta_crops_by_model: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     logit_adjust_tau: float = 1.0
 
-    def views_for(self, name: str | None = None) -> Views:
+    def views_for(self, name: str) -> Views:
         """The test-time views model `name` is scored with, and exported with: its own crops
         if `tta_crops_by_model` lists it, else `tta_crops`."""
-        crops = self.tta_crops_by_model.get(name, self.tta_crops) if name else self.tta_crops
-        return Views(crops, self.tta_flip)
+        return Views(self.tta_crops_by_model.get(name, self.tta_crops), self.tta_flip)
+
+    def views_of_checkpoint(self, path: str | Path) -> Views:
+        """The views of the listed model that is this one checkpoint (a run or an ensemble
+        member is scored like the committed model it would replace); else the common ones."""
+        for name, source in self.models.items():
+            if isinstance(source, str) and Path(source) == Path(path):
+                return self.views_for(name)
+        return Views(self.tta_crops, self.tta_flip)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> EvaluateSettings:
@@ -117,13 +124,19 @@ class EvaluateSettings:
             Views(tuple(crops), False)
         except (TypeError, ValueError) as exc:
             raise DataError(f"params.yaml evaluate.tta_crops: {exc}") from None
-        by_model = group.get("tta_crops_by_model") or {}
+        by_model = group.get("tta_crops_by_model")
+        by_model = {} if by_model is None else by_model
         if not isinstance(by_model, Mapping):
             raise DataError(
                 "params.yaml evaluate.tta_crops_by_model must map model names to crop lists, "
                 "e.g. {study: [1.0, 0.92]}"
             )
         for name, own in by_model.items():
+            if not isinstance(own, list):
+                raise DataError(
+                    f"params.yaml evaluate.tta_crops_by_model.{name} = {own!r} must be a list "
+                    "of crops, e.g. [1.0, 0.92]"
+                )
             if name not in models:
                 raise DataError(
                     f"params.yaml evaluate.tta_crops_by_model.{name}: no such model in "
