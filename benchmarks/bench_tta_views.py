@@ -1,4 +1,4 @@
-"""Test-time views of the live candidates: what each set adds on validation, and what it costs
+"""Test-time views of the evaluated models: what each set adds on validation, and what it costs
 a face, measured side by side in one run.
 
 For each candidate of `evaluate.models` asked for (the committed checkpoints) and each view set
@@ -10,6 +10,10 @@ Its static int8 export (calibrated as the export stage does) is timed at batch 1
 
     python benchmarks/bench_tta_views.py                 # reports/benchmark_tta_views.*
     python benchmarks/bench_tta_views.py --models fast --rounds 1 --out /tmp/views
+    python benchmarks/bench_tta_views.py --models study --crop-sets "1,0.96,0.92;1,0.96,0.92,0.88"
+
+`--crop-sets` replaces the default sets with centre-crop lists (`;` between sets), each scored
+with its mirror views.
 """
 
 from __future__ import annotations
@@ -36,13 +40,27 @@ VIEW_SETS = [
 ]
 
 
+def crop_sets(text: str) -> list[tuple[str, Views]]:
+    """`1,0.92;1,0.96,0.92` -> labelled view sets, each crop with its mirror."""
+    sets = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        views = Views(tuple(float(c) for c in item.split(",")), flip=True)
+        sets.append((f"+ mirror, crops {', '.join(f'{c:g}' for c in views.crops)}", views))
+    return sets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fast,fast_pair", help="evaluate.models names")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=300, help="timed faces per measurement")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_tta_views"))
+    parser.add_argument("--crop-sets", default="", help='e.g. "1,0.96,0.92;1,0.96,0.92,0.88"')
     args = parser.parse_args()
+    try:
+        view_sets = crop_sets(args.crop_sets) if args.crop_sets else VIEW_SETS
+    except ValueError as exc:
+        parser.error(f"--crop-sets {args.crop_sets!r}: {exc}")
     params = load_params(ROOT / "params.yaml")
     settings = EvaluateSettings.from_params(params)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -57,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             source = settings.models[name]
-            for label, views in VIEW_SETS:
+            for label, views in view_sets:
                 classifier = load_classifier(source, views=views, temperature=1.0)
                 logits = classifier.logits(val_faces)
                 temperature = fit_temperature(logits, val_labels)
@@ -90,13 +108,13 @@ def main() -> None:
 
     load = load_average()
     lines = [
-        f"# Test-time views of the live candidates ({cpu_name()})",
+        f"# Test-time views of the evaluated models ({cpu_name()})",
         "",
         f"Validation split only ({len(val_labels):,} faces; the test split is not read). Log "
         "loss at the temperature fitted on the same faces. int8: static, the export stage's "
         f"calibration; ONNX Runtime, batch 1, one thread, median of {args.rounds} interleaved "
         f"rounds of {args.repeats} faces; load average after: {' '.join(load)}. "
-        "`python benchmarks/bench_tta_views.py`.",
+        "`python benchmarks/bench_tta_views.py` (options in the JSON).",
         "",
         "| model | views | n | val accuracy | val log loss | int8 ms a face, 1 thread |",
         "|---|---|---:|---:|---:|---:|",
@@ -106,7 +124,8 @@ def main() -> None:
             f"| {r['model']} | {r['views']} | {r['n_views']} | {100 * r['val_accuracy']:.2f} | "
             f"{r['val_nll_calibrated']:.4f} | {r['int8_ms_per_face_1_thread']:.3f} |"
         )
-    write_benchmark(args.out, {"rounds": args.rounds, "rows": rows}, lines)
+    options = {"models": names, "crop_sets": args.crop_sets, "repeats": args.repeats}
+    write_benchmark(args.out, {"rounds": args.rounds, **options, "rows": rows}, lines)
 
 
 if __name__ == "__main__":
