@@ -19,7 +19,9 @@ with its mirror views.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -107,6 +109,7 @@ def main() -> None:
         row["int8_ms_per_face_1_thread"] = round(statistics.median(times[i]), 3)
 
     load = load_average()
+    command = shlex.join(["python", "benchmarks/bench_tta_views.py", *sys.argv[1:]])
     lines = [
         f"# Test-time views of the evaluated models ({cpu_name()})",
         "",
@@ -114,7 +117,7 @@ def main() -> None:
         "loss at the temperature fitted on the same faces. int8: static, the export stage's "
         f"calibration; ONNX Runtime, batch 1, one thread, median of {args.rounds} interleaved "
         f"rounds of {args.repeats} faces; load average after: {' '.join(load)}. "
-        "`python benchmarks/bench_tta_views.py` (options in the JSON).",
+        f"`{command}`.",
         "",
         "| model | views | n | val accuracy | val log loss | int8 ms a face, 1 thread |",
         "|---|---|---:|---:|---:|---:|",
