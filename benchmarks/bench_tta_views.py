@@ -14,16 +14,29 @@ Its static int8 export (calibrated as the export stage does) is timed at batch 1
 
 `--crop-sets` replaces the default sets with centre-crop lists (`;` between sets), each scored
 with its mirror views.
+
+`--search` chooses a model's crops on validation instead: each crop of a grid is scored once
+(with its mirror), and every set of up to `--max-crops` of them is ranked by the validation
+accuracy of the mean of its logits, which is what `Views` computes; fewer views win ties. No
+export is timed: a view costs about the same whatever its crop.
+
+    python benchmarks/bench_tta_views.py --models study \
+        --search 1,0.98,0.96,0.94,0.92,0.9,0.88,0.85 --out reports/benchmark_tta_views_search
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ferlab.config import load_params
 from ferlab.data.arrays import load_split
@@ -51,6 +64,83 @@ def crop_sets(text: str) -> list[tuple[str, Views]]:
     return sets
 
 
+def set_accuracy(
+    logits_by_crop: dict[float, np.ndarray], crops: Sequence[float], labels: np.ndarray
+) -> float:
+    """Validation accuracy of the mean of these crops' logits: what `Views(crops)` scores."""
+    mean = np.mean([logits_by_crop[c] for c in crops], axis=0)
+    return float((mean.argmax(1) == labels).mean())
+
+
+def rank_crop_sets(
+    logits_by_crop: dict[float, np.ndarray], labels: np.ndarray, max_crops: int
+) -> list[dict[str, Any]]:
+    """Every set of 1..max_crops crops, best validation accuracy first (fewer crops on ties)."""
+    rows = []
+    for k in range(1, max_crops + 1):
+        for crops in itertools.combinations(sorted(logits_by_crop, reverse=True), k):
+            accuracy = set_accuracy(logits_by_crop, crops, labels)
+            rows.append({"crops": list(crops), "n_views": 2 * k, "val_accuracy": accuracy})
+    return sorted(rows, key=lambda r: (-r["val_accuracy"], r["n_views"]))
+
+
+def search(args: argparse.Namespace, settings: EvaluateSettings, names: list[str]) -> None:
+    """`--search`: the ranked crop sets of each model, with the set params.yaml gives it."""
+    try:
+        grid = sorted({float(c) for c in args.search.split(",") if c.strip()}, reverse=True)
+        Views(tuple(grid))
+    except ValueError as exc:
+        raise SystemExit(f"--search {args.search!r}: {exc}") from None
+    val_faces, val_labels, _ = load_split("val", root=ROOT / "data" / "arrays")
+    report: dict[str, Any] = {"grid": grid, "max_crops": args.max_crops, "models": {}}
+    command = shlex.join(["python", "benchmarks/bench_tta_views.py", *sys.argv[1:]])
+    lines = [
+        f"# Test-time crops chosen on validation ({cpu_name()})",
+        "",
+        f"Validation split only ({len(val_labels):,} faces; the test split is not read). Each "
+        f"crop of {', '.join(f'{c:g}' for c in grid)} (fraction of the face side kept, with its "
+        f"mirror) scored once; every set of up to {args.max_crops} of them ranked by the "
+        "validation accuracy of the mean of its logits. `" + command + "`.",
+    ]
+    for name in names:
+        logits_by_crop = {}
+        for crop in grid:
+            views = Views((crop,), flip=True)
+            classifier = load_classifier(settings.models[name], views=views, temperature=1.0)
+            if crop == grid[0]:
+                # Two crops of one pixel side would be one view, and a set of them is refused.
+                try:
+                    Views(tuple(grid)).sides(int(classifier.input_size))
+                except ValueError as exc:
+                    raise SystemExit(f"--search {args.search!r} for {name}: {exc}") from None
+            logits_by_crop[crop] = classifier.logits(val_faces)
+            print(f"{name} crop {crop:g}: scored", flush=True)
+        ranked = rank_crop_sets(logits_by_crop, val_labels, args.max_crops)
+        current = list(settings.views_for(name).crops)
+        current_accuracy = (
+            set_accuracy(logits_by_crop, current, val_labels)
+            if all(c in logits_by_crop for c in current)
+            else None
+        )
+        report["models"][name] = {
+            "params_crops": current,
+            "params_val_accuracy": current_accuracy,
+            "ranked": ranked,
+        }
+        lines += [
+            "",
+            f"## {name} (params.yaml: crops {', '.join(f'{c:g}' for c in current)}"
+            + (f", {100 * current_accuracy:.2f}%)" if current_accuracy is not None else ")"),
+            "",
+            "| rank | crops | views | val accuracy |",
+            "|---:|---|---:|---:|",
+        ]
+        for i, row in enumerate(ranked[: args.top], 1):
+            crops = ", ".join(f"{c:g}" for c in row["crops"])
+            lines.append(f"| {i} | {crops} | {row['n_views']} | {100 * row['val_accuracy']:.2f} |")
+    write_benchmark(args.out, report, lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fast,fast_pair", help="evaluate.models names")
@@ -58,6 +148,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300, help="timed faces per measurement")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmark_tta_views"))
     parser.add_argument("--crop-sets", default="", help='e.g. "1,0.96,0.92;1,0.96,0.92,0.88"')
+    parser.add_argument("--search", default="", help="crop grid to choose from, e.g. 1,0.96,0.92")
+    parser.add_argument("--max-crops", type=int, default=4, help="largest set --search ranks")
+    parser.add_argument("--top", type=int, default=15, help="rows of each --search table")
     args = parser.parse_args()
     try:
         view_sets = crop_sets(args.crop_sets) if args.crop_sets else VIEW_SETS
@@ -69,6 +162,9 @@ def main() -> None:
     unknown = [n for n in names if n not in settings.models]
     if unknown:
         parser.error(f"{unknown} are not in params.yaml evaluate.models {list(settings.models)}")
+    if args.search:
+        search(args, settings, names)
+        return
     val_faces, val_labels, _ = load_split("val", root=ROOT / "data" / "arrays")
     train_faces, _, _ = load_split("train", root=ROOT / "data" / "arrays")
     calibration = train_faces[sample_indices(len(train_faces), 512, int(params["seed"]))]
