@@ -15,10 +15,12 @@ from ferlab.evaluation.age_study import (
     plot_confusions,
     study_markdown,
 )
+from ferlab.evaluation.evaluate import EvaluateSettings
 from ferlab.inference import Classifier
 from ferlab.io import atomic_path, write_json, write_text
 from ferlab.stage import run_stage
 
+MODEL = "models/model.pt"
 OUT_JSON = "reports/study_age.json"
 OUT_CSV = "reports/study_age_counts.csv"
 OUT_MD = "reports/study_age_counts.md"
@@ -28,7 +30,10 @@ OUT_PNG = "reports/figures/study_age_confusion.png"
 def main() -> None:
     params = load_params()
     with tracking.stage_run("study_age", params, experiment=params["mlflow"]["experiment"]):
-        classifier = Classifier.from_checkpoint("models/model.pt")
+        # Scored as the evaluate stage scores it, with its test-time views, so that the
+        # study's "all" row is the evaluate stage's plurality-test accuracy.
+        views = EvaluateSettings.from_params(params).views_of_checkpoint(MODEL)
+        classifier = Classifier.from_checkpoint(MODEL, views=views)
         # The model is scored on the preprocessing it was trained on (as the evaluate stage does).
         variant = classifier.meta.get("variant", params["train"]["variant"])
         images, labels, paths = load_split("test", variant=variant)
@@ -40,6 +45,7 @@ def main() -> None:
         study["tag_sources"] = {k: int(v) for k, v in sources.items()}
         study["seed_counts"] = SEED_COUNTS
         study["variant"] = variant
+        study["views"] = views.to_json()
         write_json(OUT_JSON, study)
         with atomic_path(OUT_CSV) as tmp:
             counts_table(study).to_csv(tmp)

@@ -267,6 +267,13 @@ def test_group_study_counts_add_up_and_matrices_stay_8x8(real_faces) -> None:
     assert (table[list(CLASSES)].sum(axis=1) == table["Total"]).all()
     text = study_markdown(study)
     assert "| Kids |" in text and "620" in text and "2,947" in text
+    assert "centre crops" not in text  # no views recorded, none claimed
+    study["views"] = {"crops": [0.98, 0.92], "flip": True}
+    assert "centre crops 0.98, 0.92 (fractions of the side) and their mirror" in study_markdown(
+        study
+    )
+    study["views"] = {"crops": [1.0], "flip": False}
+    assert "evaluate stage does: the whole face alone." in study_markdown(study)
 
 
 def test_group_study_with_an_empty_group_still_renders(real_faces) -> None:

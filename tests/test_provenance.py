@@ -108,10 +108,15 @@ def stages_with_changed_params(repo: Path) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("key", "value", "stages"),
     [
-        # the test-time views are scored by evaluate and put inside the graphs by export
-        (("evaluate", "tta_flip"), False, {"evaluate", "export"}),
-        (("evaluate", "tta_crops"), [1.0, 0.92], {"evaluate", "export"}),
-        (("evaluate", "tta_crops_by_model"), {"study": [1.0, 0.92]}, {"evaluate", "export"}),
+        # the test-time views are scored by evaluate (and by study_age, which scores the study
+        # model as evaluate does) and put inside the graphs by export
+        (("evaluate", "tta_flip"), False, {"evaluate", "study_age", "export"}),
+        (("evaluate", "tta_crops"), [1.0, 0.92], {"evaluate", "study_age", "export"}),
+        (
+            ("evaluate", "tta_crops_by_model"),
+            {"study": [1.0, 0.92]},
+            {"evaluate", "study_age", "export"},
+        ),
         (("fast", "train", "epochs"), 99, {"train_fast", "train_fast_second"}),
         (("fast_second", "seed"), 8, {"train_fast_second"}),
         # the study model's options and schedule are not the live model's (fast.options and

@@ -76,6 +76,19 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def _views_line(views: dict[str, Any] | None) -> list[str]:
+    """How each face was scored (the evaluate stage's test-time views), as a paragraph."""
+    if not views:
+        return []
+    if list(views["crops"]) == [1.0]:
+        how = "the whole face" + (" and its mirror image" if views["flip"] else " alone")
+    else:
+        crops = ", ".join(f"{c:g}" for c in views["crops"])
+        mirror = " and their mirror images" if views["flip"] else ""
+        how = f"the mean of its centre crops {crops} (fractions of the side){mirror}"
+    return [f"The study model scores each face as the evaluate stage does: {how}.", ""]
+
+
 def study_markdown(study: dict[str, Any], tag_sources: dict[str, int] | None = None) -> str:
     """Counts beside the seed's, per-group accuracy, per-class recall."""
     table = counts_table(study)
@@ -117,6 +130,7 @@ def study_markdown(study: dict[str, Any], tag_sources: dict[str, int] | None = N
         "",
         "## Expression accuracy per group",
         "",
+        *_views_line(study.get("views")),
         "| group | n | accuracy (%) | balanced accuracy (%) | macro-F1 (%) |",
         "|---|---:|---:|---:|---:|",
     ]
