@@ -253,6 +253,20 @@ def test_views_refuse_crops_that_are_no_centre_crop(crops) -> None:
         Views(crops, flip=True)
 
 
+def test_views_without_the_whole_face_that_cannot_export_are_refused_with_the_fix(
+    small_checkpoint, tmp_path
+) -> None:
+    # Every view a resized crop: the exporter loses their side, which the baseline's adaptive
+    # pooling needs; one line names the file and the fix, and no file is left behind.
+    out = tmp_path / "crops.onnx"
+    message = r"crops\.onnx: test-time crops \[0\.98, 0\.92\] cannot be exported .* add 1\.0"
+    with pytest.raises(ValueError, match=message):
+        export_onnx(small_checkpoint, out, views=Views((0.98, 0.92), flip=True))
+    assert not out.exists()
+    export_onnx(small_checkpoint, out, views=Views((1.0, 0.98, 0.92), flip=True))  # the fix
+    assert OnnxClassifier(out).meta["views"]["crops"] == [1.0, 0.98, 0.92]
+
+
 def test_views_refuse_two_crops_of_one_size(small_checkpoint) -> None:
     # 0.99 of 48 px rounds to the whole face: the same view twice, refused when built
     with pytest.raises(ValueError, match=r"sides \[48, 48\] px .* the same crop"):

@@ -25,6 +25,7 @@ from ferlab.inference import (
     FaceClassifier,
     ModelSource,
     OnnxClassifier,
+    TestTimeViews,
     TorchClassifier,
     Views,
     load_models,
@@ -87,16 +88,28 @@ def export_model(
             # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
             # onnxscript (not a dependency); it still exports these plain conv nets exactly.
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+            try:
+                torch.onnx.export(
+                    model,
+                    (dummy,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
+            except torch.onnx.OnnxExporterError as exc:
+                # Every view a resized crop: the exporter loses the crops' side, and a model
+                # with adaptive pooling (the baseline) cannot be traced without it.
+                if isinstance(model, TestTimeViews) and 1.0 not in model.views.crops:
+                    raise ValueError(
+                        f"{out}: test-time crops {list(model.views.crops)} cannot be exported "
+                        "for this model (without the whole face the ONNX exporter loses the "
+                        "crops' side); add 1.0 to the crops (evaluate.tta_crops, "
+                        "evaluate.tta_crops_by_model or --crop)"
+                    ) from exc
+                raise
         proto = onnx.load(str(tmp))
         stored = model_metadata(meta, temperature, class_prior)
         set_metadata(proto, {**stored, "precision": "fp32", "opset": str(opset)})
