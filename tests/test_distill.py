@@ -10,16 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_training import baseline_meta, build_tiny, tiny_config
 
 from ferlab.inference import load_models
 from ferlab.training.distill import (
+    OnlineTeacher,
     distillation_targets,
     mix_targets,
+    teacher_mode,
     teacher_probabilities,
     teacher_settings,
 )
-from ferlab.training.loop import fit
+from ferlab.training.loop import faces_to_input, fit
 
 
 def test_mixing_weighs_crowd_and_teachers_and_keeps_distributions() -> None:
@@ -96,6 +99,70 @@ def test_teacher_settings_take_one_path_as_a_list_and_refuse_weights_outside_0_1
     for weight in (-0.1, 1.5):
         with pytest.raises(ValueError, match=rf"train\.teacher_weight={weight}"):
             teacher_settings({"teachers": ["a.pt"], "teacher_weight": weight})
+
+
+def test_teacher_mode_is_offline_unless_asked_and_refuses_unknown_modes() -> None:
+    assert teacher_mode({}) == "offline"
+    assert teacher_mode({"teacher_mode": "online"}) == "online"
+    with pytest.raises(ValueError, match=r"train\.teacher_mode='live'"):
+        teacher_mode({"teacher_mode": "live"})
+
+
+def test_online_teacher_mixes_the_crowd_with_the_teachers_view_of_each_batch(
+    real_faces, teacher
+) -> None:
+    images, labels = real_faces
+    online = OnlineTeacher.load([teacher], 0.25, "arrays-a", 48, torch.device("cpu"), bf16=False)
+    generator = torch.Generator().manual_seed(0)
+    # An augmented batch, as the training loop builds it, and one-hot crowd targets.
+    x = faces_to_input(torch.from_numpy(images[:32]), 48, generator, augment=True)
+    crowd = torch.eye(8)[torch.from_numpy(labels[:32]).long()]
+    targets = online(x, crowd)
+    model, _ = load_models([teacher])
+    with torch.no_grad():
+        seen = model(x).softmax(dim=1)
+    torch.testing.assert_close(targets, 0.75 * crowd + 0.25 * seen)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(32))
+    # The teachers answer for the augmented view, not for the clean face.
+    clean = faces_to_input(torch.from_numpy(images[:32]), 48)
+    assert not torch.allclose(online(clean, crowd), targets)
+
+
+def test_online_teachers_are_refused_for_other_arrays_or_another_input_size(teacher) -> None:
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=rf"{teacher.name}: trained on other arrays"):
+        OnlineTeacher.load([teacher], 0.5, "arrays-b", 48, cpu, bf16=False)
+    with pytest.raises(ValueError, match=r"take 48 px faces and the student 112.*offline"):
+        OnlineTeacher.load([teacher], 0.5, "arrays-a", 112, cpu, bf16=False)
+
+
+def test_online_teachers_at_weight_0_leave_the_run_as_without_them(
+    real_faces, teacher, tmp_path: Path
+) -> None:
+    """The teachers draw no random numbers: the student's batches, augmentation and dropout are
+    those of a run without them, so only their weight changes what it learns."""
+    images, labels = real_faces
+    config = tiny_config(epochs=1)
+    meta = {**baseline_meta(), "data_sha256": "arrays-a"}
+
+    def trained(name: str, weight: float | None) -> dict[str, torch.Tensor]:
+        online = (
+            None
+            if weight is None
+            else OnlineTeacher.load([teacher], weight, "arrays-a", 48, torch.device("cpu"), False)
+        )
+        path = tmp_path / f"{name}.pt"
+        torch.manual_seed(0)  # the same initial weights
+        student = build_tiny()
+        val = (images[:64], labels[:64])
+        fit(student, images, labels, *val, config, path, meta, log=print, target_fn=online)
+        model, _ = load_models(path)
+        return model.state_dict()
+
+    alone, at_zero, at_half = trained("alone", None), trained("zero", 0.0), trained("half", 0.5)
+    for key, value in alone.items():
+        torch.testing.assert_close(at_zero[key], value, rtol=0, atol=0)
+    assert any(not torch.equal(at_half[k], v) for k, v in alone.items() if v.is_floating_point())
 
 
 SHARDED_SCRIPT = textwrap.dedent(

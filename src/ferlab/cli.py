@@ -535,7 +535,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
 
     from ferlab.config import apply_overrides, data_path, load_params
     from ferlab.evaluation.evaluate import MODEL_NAME, EvaluateSettings
-    from ferlab.training.distill import teacher_settings
+    from ferlab.training.distill import require_teachers, teacher_mode, teacher_settings
     from ferlab.training.loop import TrainConfig
     from ferlab.training.run import TrainJob, init_distributed, train_job
 
@@ -559,12 +559,8 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
         EvaluateSettings.from_params(params)
         _require_arrays(job.train["variant"], "data/arrays", ("train", "val", "test"))
         teachers, teacher_weight = teacher_settings(job.train)
-        for needed in teachers if teacher_weight > 0 else []:
-            if not Path(needed).is_file():
-                raise FileNotFoundError(
-                    f"{needed}: no such teacher checkpoint (train.teachers); run `dvc repro "
-                    "train_fast train_fast_second`, or pass -S train.teacher_weight=0"
-                )
+        teacher_mode(job.train)
+        require_teachers(teachers if teacher_weight > 0 else [])
         for needed in ("data/manifest.csv", "reports/leakage.json"):
             if not Path(needed).is_file():
                 raise FileNotFoundError(

@@ -119,11 +119,7 @@ class EvaluateSettings:
         tau = float(group.get("logit_adjust_tau", 1.0))
         if tau < 0:
             raise DataError(f"params.yaml evaluate.logit_adjust_tau = {tau} must be 0 or more")
-        crops = group.get("tta_crops", [1.0])
-        try:
-            Views(tuple(crops), False)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"params.yaml evaluate.tta_crops: {exc}") from None
+        crops = _checked_crops(group.get("tta_crops", [1.0]), "evaluate.tta_crops")
         by_model = group.get("tta_crops_by_model")
         by_model = {} if by_model is None else by_model
         if not isinstance(by_model, Mapping):
@@ -131,21 +127,16 @@ class EvaluateSettings:
                 "params.yaml evaluate.tta_crops_by_model must map model names to crop lists, "
                 "e.g. {study: [1.0, 0.92]}"
             )
-        for name, own in by_model.items():
-            if not isinstance(own, list):
-                raise DataError(
-                    f"params.yaml evaluate.tta_crops_by_model.{name} = {own!r} must be a list "
-                    "of crops, e.g. [1.0, 0.92]"
-                )
+        for name in by_model:
             if name not in models:
                 raise DataError(
                     f"params.yaml evaluate.tta_crops_by_model.{name}: no such model in "
                     f"evaluate.models ({', '.join(map(str, models))}); fix the name or drop it"
                 )
-            try:
-                Views(tuple(own), False)
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"params.yaml evaluate.tta_crops_by_model.{name}: {exc}") from None
+        own_crops = {
+            str(name): _checked_crops(own, f"evaluate.tta_crops_by_model.{name}")
+            for name, own in by_model.items()
+        }
         return cls(
             models={
                 str(k): [str(p) for p in v] if isinstance(v, list) else str(v)
@@ -153,10 +144,20 @@ class EvaluateSettings:
             },
             batch_size=int(group.get("batch_size", 256)),
             tta_flip=bool(group.get("tta_flip", True)),
-            tta_crops=tuple(float(c) for c in crops),
-            tta_crops_by_model={str(k): tuple(float(c) for c in v) for k, v in by_model.items()},
+            tta_crops=crops,
+            tta_crops_by_model=own_crops,
             logit_adjust_tau=tau,
         )
+
+
+def _checked_crops(value: Any, key: str) -> tuple[float, ...]:
+    """A params.yaml list of test-time crops, as `Views` checks them, or one line naming `key`."""
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"params.yaml {key} = {value!r} must be a list of crops, e.g. [1.0, 0.92]")
+    try:
+        return Views(tuple(value), False).crops
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"params.yaml {key}: {exc}") from None
 
 
 @dataclass

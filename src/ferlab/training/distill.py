@@ -1,16 +1,22 @@
 """Distillation targets: a model learns from the crowd's votes mixed with stronger models' view.
 
-Offline distillation: the teachers' mean class probability on each unaugmented training face
-(with its mirror, as the evaluate stage scores) is computed once before training, and the
-student trains on (1 − w) · the crowd's target + w · the teachers' probability
-(`train.teachers`, `train.teacher_weight`). The cost is one pass of the teachers over the
-training set, sharded across ranks: about a minute for the two live nets on a 2-core CPU.
+The student trains on (1 − w) · the crowd's target + w · the teachers' mean class probability
+(`train.teachers`, `train.teacher_weight`), in one of two modes (`train.teacher_mode`):
+
+- offline: the teachers score each unaugmented training face (with its mirror, as the evaluate
+  stage scores) once before training. One pass over the training set, sharded across ranks:
+  about a minute for the two live nets on a 2-core CPU.
+- online: the teachers score every augmented batch as the student sees it (the same crop,
+  turn, light, occlusion and mirror), so each view's target is the teachers' answer on that
+  view rather than on the clean face. One teacher forward per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +24,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ferlab.inference import load_models
-from ferlab.training.loop import predict_logits_on_device
+from ferlab.training.loop import autocast_for, predict_logits_on_device
+
+TEACHER_MODES = ("offline", "online")
 
 
 def teacher_probabilities(
@@ -66,6 +74,33 @@ def mix_targets(crowd: np.ndarray, teacher: np.ndarray, teacher_weight: float) -
     return (mixed / mixed.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def require_teachers(teachers: Sequence[str | Path]) -> None:
+    """Each teacher checkpoint exists, or one line names the first missing and how to get it."""
+    for path in teachers:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path}: no such teacher checkpoint; train it (the live models: `dvc repro "
+                "train_fast train_fast_second`) or drop it from train.teachers"
+            )
+
+
+def load_teachers(
+    teachers: Sequence[str | Path], data_sha256: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The teachers as one model (their mean), in eval mode, with the first one's metadata.
+    Refuses teachers trained on other arrays (their probabilities would be of other faces'
+    training, and a stale teacher would pass silently)."""
+    require_teachers(teachers)
+    # load_models already refuses teachers trained on differing arrays among themselves.
+    model, meta = load_models(list(teachers))
+    if meta.get("data_sha256") != data_sha256:
+        raise ValueError(
+            f"{', '.join(map(str, teachers))}: trained on other arrays than this run's; retrain "
+            "(dvc repro) or drop them from train.teachers"
+        )
+    return model, meta
+
+
 def distillation_targets(
     teachers: Sequence[str | Path],
     teacher_weight: float,
@@ -75,24 +110,10 @@ def distillation_targets(
     log: Callable[[str], None] = print,
     device: torch.device | None = None,
 ) -> np.ndarray:
-    """The student's targets: `crowd` mixed with the teachers' probabilities on `train_u8`
-    (scored on `device`). Refuses teachers trained on other arrays (their probabilities would be
-    of other faces' training, and a stale teacher would pass silently)."""
-    for path in teachers:
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"{path}: no such teacher checkpoint; train it (the live models: `dvc repro "
-                "train_fast train_fast_second`) or drop it from train.teachers"
-            )
-    names = ", ".join(map(str, teachers))
-    # load_models already refuses teachers trained on differing arrays among themselves.
-    model, meta = load_models(list(teachers))
-    if meta.get("data_sha256") != data_sha256:
-        raise ValueError(
-            f"{names}: trained on other arrays than this run's; retrain (dvc repro) or drop "
-            "them from train.teachers"
-        )
-    log(f"teachers {names}: scoring {len(train_u8)} training faces")
+    """Offline distillation: the student's targets, `crowd` mixed with the teachers'
+    probabilities on `train_u8` (scored on `device`)."""
+    model, meta = load_teachers(teachers, data_sha256)
+    log(f"teachers {', '.join(map(str, teachers))}: scoring {len(train_u8)} training faces")
     teacher = teacher_probabilities(model, int(meta["input_size"]), train_u8, device=device)
     targets = mix_targets(crowd, teacher, teacher_weight)
     top = crowd if crowd.ndim == 1 else crowd.argmax(1)
@@ -104,6 +125,46 @@ def distillation_targets(
     return targets
 
 
+class OnlineTeacher:
+    """Online distillation, as `fit`'s `target_fn`: each augmented batch's targets become
+    (1 − w) · the crowd's + w · the teachers' mean probability on that very batch. The teachers
+    run without gradients and draw no random numbers, so the student's seeded streams are
+    those of a run without them."""
+
+    def __init__(self, model: nn.Module, weight: float, autocast: torch.autocast | None) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"train.teacher_weight={weight}; choose a value in [0, 1]")
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.weight = weight
+        self.autocast = autocast
+
+    @classmethod
+    def load(
+        cls,
+        teachers: Sequence[str | Path],
+        weight: float,
+        data_sha256: str,
+        input_size: int,
+        device: torch.device,
+        bf16: bool,
+    ) -> OnlineTeacher:
+        """The teachers of a run, on its device; under bf16 autocast when `bf16` and the CPU
+        has it natively (as `autocast_for`), else fp32. They must take the student's input."""
+        model, meta = load_teachers(teachers, data_sha256)
+        if int(meta["input_size"]) != input_size:
+            raise ValueError(
+                f"{', '.join(map(str, teachers))}: the teachers take {meta['input_size']} px "
+                f"faces and the student {input_size}; online teachers must see the student's "
+                "input, so use train.teacher_mode=offline"
+            )
+        return cls(model.to(device), weight, autocast_for(device, bf16))
+
+    def __call__(self, x: torch.Tensor, crowd: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.autocast or contextlib.nullcontext():
+            teacher = self.model(x).float().softmax(dim=1)
+        return (1.0 - self.weight) * crowd + self.weight * teacher
+
+
 def teacher_settings(train: dict) -> tuple[list[str], float]:
     """`train.teachers` and `train.teacher_weight`, checked before any teacher is scored: the
     checkpoints as a list (one path alone is a list of one) and the weight in [0, 1]."""
@@ -113,3 +174,11 @@ def teacher_settings(train: dict) -> tuple[list[str], float]:
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"train.teacher_weight={weight}; choose a value in [0, 1] (0 = off)")
     return teachers, weight
+
+
+def teacher_mode(train: dict) -> str:
+    """`train.teacher_mode` (offline when absent), checked."""
+    mode = str(train.get("teacher_mode", "offline"))
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"train.teacher_mode={mode!r}; choose one of {TEACHER_MODES}")
+    return mode

@@ -385,6 +385,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     after_step: Callable[[int], None] | None = None,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train `model`; the best validation epoch's weights (EMA weights when on) are written to
     `checkpoint_path` when training ends.
@@ -393,8 +394,10 @@ def fit(
     `meta` is stored in the checkpoint (it names the model and input size, see
     save_checkpoint). With `resume_path`, an epoch-end state (including the best weights so
     far) is written there after each epoch and picked up by the next call with the same
-    settings, model and data; it is removed once the checkpoint is written. `clock` and
-    `after_step` exist for tests (a fake clock for the budget; a slowed step).
+    settings, model and data; it is removed once the checkpoint is written. `target_fn`, when
+    given, turns each augmented batch and its targets into the targets the step learns (online
+    distillation, `ferlab.training.distill.OnlineTeacher`); it must draw no random numbers.
+    `clock` and `after_step` exist for tests (a fake clock for the budget; a slowed step).
     """
     config.validate()
     rank, world = _rank_world()
@@ -458,6 +461,8 @@ def fit(
         "variant": meta.get("variant"),
         "data_sha256": meta.get("data_sha256"),
         "targets_sha256": _array_digest(targets_np),
+        # Online teachers change every step's targets: a state of other teachers is not resumed.
+        "online_teachers": meta.get("teacher_sha256") if target_fn is not None else None,
     }
     fingerprint.pop("max_minutes")
     resume_path = Path(resume_path) if resume_path else None
@@ -502,6 +507,8 @@ def fit(
             target = targets[idx]
             if config.mixup_alpha > 0:
                 x, target = mixup(x, target, config.mixup_alpha, generator)
+            if target_fn is not None:
+                target = target_fn(x, target)
             with autocast if autocast is not None else contextlib.nullcontext():
                 logits, heads = train_view(x)
             loss = total_loss(

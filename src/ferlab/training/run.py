@@ -164,10 +164,31 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
     targets = training_targets(job.train, params["data"]["votes"], train_paths, train_labels, log)
     target_kind = "votes" if targets.ndim == 2 else "labels"
     data_sha256 = file_sha256(arrays_root / f"{variant}_train.npz")
-    from ferlab.training.distill import distillation_targets, teacher_settings
+    from ferlab.training.distill import (
+        OnlineTeacher,
+        distillation_targets,
+        teacher_mode,
+        teacher_settings,
+    )
 
     teachers, teacher_weight = teacher_settings(job.train)
-    if teachers and teacher_weight > 0:
+    mode = teacher_mode(job.train)
+    online: OnlineTeacher | None = None
+    if teachers and teacher_weight > 0 and mode == "online":
+        online = OnlineTeacher.load(
+            teachers,
+            teacher_weight,
+            data_sha256,
+            job.input_size,
+            resolve_device(config.device),
+            bool(job.train.get("teacher_bf16", False)),
+        )
+        log(
+            f"teachers {', '.join(teachers)}: scoring every augmented batch "
+            f"(online, weight {teacher_weight})"
+        )
+        target_kind += " + online teachers"
+    elif teachers and teacher_weight > 0:
         targets = distillation_targets(
             teachers,
             teacher_weight,
@@ -200,6 +221,8 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
             "teacher_sha256": [file_sha256(t) for t in teachers],
             "teacher_weight": teacher_weight,
         }
+        if online is not None:
+            meta["teacher_mode"] = "online"
     log(
         f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
         f"{variant} faces at {job.input_size}px ({target_kind} targets, {config.epochs} "
@@ -223,6 +246,7 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
         resume_path=job.checkpoint.with_suffix(".resume.pt"),
         log=log,
         on_epoch=on_epoch if rank == 0 else None,
+        target_fn=online,
     )
     if rank == 0:
         write_training_reports(result, job.reports, n_params, config)
