@@ -113,11 +113,14 @@ def test_dvc_repro_through_evaluate_and_export(
     fast_params = lock["stages"]["train_fast"]["params"]["params.yaml"]
     assert fast_params["fast"]["train"]["epochs"] == 1
     assert json.loads((repo / "reports/train.json").read_text())["epochs_run"] == 2
-    # The study model learnt from the live models (params.yaml's train.teachers), and its
-    # checkpoint names the very files it learnt from.
+    # The study model learnt from the live models (params.yaml's train.teachers), scoring every
+    # augmented batch (train.teacher_mode: online), and its checkpoint names the very files it
+    # learnt from.
     _, study_meta = load_model(repo / "models/model.pt")
     teachers = params["train"]["teachers"]
-    assert teachers and study_meta["targets"] == "votes + teachers"
+    assert params["train"]["teacher_mode"] == "online"
+    assert teachers and study_meta["targets"] == "votes + online teachers"
+    assert study_meta["teacher_mode"] == "online"
     assert study_meta["teachers"] == teachers
     assert study_meta["teacher_sha256"] == [file_sha256(repo / t) for t in teachers]
     assert json.loads((repo / "reports/fast/train.json").read_text())["epochs_run"] == 1
