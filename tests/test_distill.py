@@ -112,12 +112,16 @@ def test_online_teacher_mixes_the_crowd_with_the_teachers_view_of_each_batch(
     real_faces, teacher
 ) -> None:
     images, labels = real_faces
-    online = OnlineTeacher.load([teacher], 0.25, "arrays-a", 48, torch.device("cpu"), bf16=False)
+    online = OnlineTeacher.load([teacher], 0.25, "arrays-a", torch.device("cpu"), bf16=False)
     generator = torch.Generator().manual_seed(0)
     # An augmented batch, as the training loop builds it, and one-hot crowd targets.
     x = faces_to_input(torch.from_numpy(images[:32]), 48, generator, augment=True)
     crowd = torch.eye(8)[torch.from_numpy(labels[:32]).long()]
+    rng = torch.get_rng_state()
     targets = online(x, crowd)
+    # No random draw (the student's seeded streams stay as without teachers), no gradient.
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not targets.requires_grad
     model, _ = load_models([teacher])
     with torch.no_grad():
         seen = model(x).softmax(dim=1)
@@ -126,14 +130,30 @@ def test_online_teacher_mixes_the_crowd_with_the_teachers_view_of_each_batch(
     # The teachers answer for the augmented view, not for the clean face.
     clean = faces_to_input(torch.from_numpy(images[:32]), 48)
     assert not torch.allclose(online(clean, crowd), targets)
+    # Two teachers: the mean of their probabilities (two copies of one are that one).
+    pair = OnlineTeacher.load([teacher, teacher], 0.25, "arrays-a", torch.device("cpu"), False)
+    torch.testing.assert_close(pair(x, crowd), targets)
 
 
-def test_online_teachers_are_refused_for_other_arrays_or_another_input_size(teacher) -> None:
-    cpu = torch.device("cpu")
+def test_online_teachers_score_in_eval_mode_and_at_their_own_input_size(
+    real_faces, teacher
+) -> None:
+    images, labels = real_faces
+    model, _ = load_models([teacher])
+    online = OnlineTeacher(model.train(), 1.0, 48)  # handed over in training mode
+    assert not online.model.training
+    x = faces_to_input(torch.from_numpy(images[:16]), 48)
+    crowd = torch.eye(8)[torch.from_numpy(labels[:16]).long()]
+    torch.testing.assert_close(online(x, crowd), online(x, crowd))  # BatchNorm kept its stats
+    # A 112-px student's batch is resized to the teachers' 48 px before they score it.
+    big = torch.nn.functional.interpolate(x, size=(112, 112), mode="bilinear")
+    resized = torch.nn.functional.interpolate(big, size=(48, 48), mode="bilinear", antialias=True)
+    torch.testing.assert_close(online(big, crowd), online(resized, crowd))
+
+
+def test_online_teachers_are_refused_for_other_arrays(teacher) -> None:
     with pytest.raises(ValueError, match=rf"{teacher.name}: trained on other arrays"):
-        OnlineTeacher.load([teacher], 0.5, "arrays-b", 48, cpu, bf16=False)
-    with pytest.raises(ValueError, match=r"take 48 px faces and the student 112.*offline"):
-        OnlineTeacher.load([teacher], 0.5, "arrays-a", 112, cpu, bf16=False)
+        OnlineTeacher.load([teacher], 0.5, "arrays-b", torch.device("cpu"), bf16=False)
 
 
 def test_online_teachers_at_weight_0_leave_the_run_as_without_them(
@@ -141,19 +161,23 @@ def test_online_teachers_at_weight_0_leave_the_run_as_without_them(
 ) -> None:
     """The teachers draw no random numbers: the student's batches, augmentation and dropout are
     those of a run without them, so only their weight changes what it learns."""
+    from ferlab.models import build_model
+
     images, labels = real_faces
     config = tiny_config(epochs=1)
-    meta = {**baseline_meta(), "data_sha256": "arrays-a"}
+    spec = {**baseline_meta()["model"], "dropout": 0.3}  # dropout draws from the global RNG
+    meta = {**baseline_meta(), "model": spec, "data_sha256": "arrays-a"}
 
     def trained(name: str, weight: float | None) -> dict[str, torch.Tensor]:
         online = (
             None
             if weight is None
-            else OnlineTeacher.load([teacher], weight, "arrays-a", 48, torch.device("cpu"), False)
+            else OnlineTeacher.load([teacher], weight, "arrays-a", torch.device("cpu"), False)
         )
         path = tmp_path / f"{name}.pt"
         torch.manual_seed(0)  # the same initial weights
-        student = build_tiny()
+        options = {k: v for k, v in spec.items() if k != "name"}
+        student = build_model("baseline", input_size=48, **options)
         val = (images[:64], labels[:64])
         fit(student, images, labels, *val, config, path, meta, log=print, target_fn=online)
         model, _ = load_models(path)
@@ -163,6 +187,35 @@ def test_online_teachers_at_weight_0_leave_the_run_as_without_them(
     for key, value in alone.items():
         torch.testing.assert_close(at_zero[key], value, rtol=0, atol=0)
     assert any(not torch.equal(at_half[k], v) for k, v in alone.items() if v.is_floating_point())
+
+
+def test_a_resumed_run_starts_afresh_when_the_online_teachers_changed(
+    real_faces, teacher, tmp_path: Path
+) -> None:
+    """The teachers make every step's targets, so a state saved with another teacher weight
+    is not resumed (the crowd's targets alone would not tell the two runs apart)."""
+    images, labels = real_faces
+    meta = {**baseline_meta(), "data_sha256": "arrays-a"}
+    resume = tmp_path / "m.resume.pt"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_epoch_1(row: dict[str, float]) -> None:
+        if row["epoch"] == 2:
+            raise Interrupted  # after epoch 1's state was saved
+
+    def run(weight: float, **kwargs) -> None:
+        online = OnlineTeacher.load([teacher], weight, "arrays-a", torch.device("cpu"), False)
+        fit(build_tiny(), images, labels, images[:16], labels[:16], tiny_config(epochs=2),
+            tmp_path / "m.pt", meta, resume_path=resume, target_fn=online, **kwargs)  # fmt: skip
+
+    with pytest.raises(Interrupted):
+        run(0.5, on_epoch=stop_after_epoch_1)
+    assert resume.is_file()
+    said: list[str] = []
+    run(0.3, log=said.append)
+    assert f"{resume}: saved state is for other settings; starting afresh" in said
 
 
 SHARDED_SCRIPT = textwrap.dedent(

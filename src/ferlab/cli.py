@@ -535,7 +535,12 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
 
     from ferlab.config import apply_overrides, data_path, load_params
     from ferlab.evaluation.evaluate import MODEL_NAME, EvaluateSettings
-    from ferlab.training.distill import require_teachers, teacher_mode, teacher_settings
+    from ferlab.training.distill import (
+        require_teachers,
+        teacher_bf16,
+        teacher_mode,
+        teacher_settings,
+    )
     from ferlab.training.loop import TrainConfig
     from ferlab.training.run import TrainJob, init_distributed, train_job
 
@@ -559,7 +564,9 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
         EvaluateSettings.from_params(params)
         _require_arrays(job.train["variant"], "data/arrays", ("train", "val", "test"))
         teachers, teacher_weight = teacher_settings(job.train)
+        # Bad teacher values are refused now, not hours into the run.
         teacher_mode(job.train)
+        teacher_bf16(job.train)
         require_teachers(teachers if teacher_weight > 0 else [])
         for needed in ("data/manifest.csv", "reports/leakage.json"):
             if not Path(needed).is_file():

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from ferlab.inference import load_models
+from ferlab.io import file_sha256
 from ferlab.training.loop import autocast_for, predict_logits_on_device
 
 TEACHER_MODES = ("offline", "online")
@@ -127,16 +129,31 @@ def distillation_targets(
 
 class OnlineTeacher:
     """Online distillation, as `fit`'s `target_fn`: each augmented batch's targets become
-    (1 − w) · the crowd's + w · the teachers' mean probability on that very batch. The teachers
-    run without gradients and draw no random numbers, so the student's seeded streams are
-    those of a run without them."""
+    (1 − w) · the crowd's + w · the teachers' mean probability on that very batch (under mixup,
+    on the mixed faces). The teachers run in eval mode without gradients and draw no random
+    numbers, so the student's seeded streams are those of a run without them. A student of
+    another input size (112 px) is scored by the teachers resized to theirs."""
 
-    def __init__(self, model: nn.Module, weight: float, autocast: torch.autocast | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        weight: float,
+        input_size: int,
+        autocast: torch.autocast | None = None,
+        sha256: Sequence[str] = (),
+    ) -> None:
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"train.teacher_weight={weight}; choose a value in [0, 1]")
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.weight = weight
+        self.input_size = input_size
         self.autocast = autocast
+        # What a resumed run must match: other teachers, weight or precision give other targets.
+        self.fingerprint = {
+            "teacher_sha256": list(sha256),
+            "teacher_weight": weight,
+            "teacher_autocast": None if autocast is None else str(autocast.fast_dtype),
+        }
 
     @classmethod
     def load(
@@ -144,28 +161,32 @@ class OnlineTeacher:
         teachers: Sequence[str | Path],
         weight: float,
         data_sha256: str,
-        input_size: int,
         device: torch.device,
         bf16: bool,
     ) -> OnlineTeacher:
-        """The teachers of a run, on its device; under bf16 autocast when `bf16` and the CPU
-        has it natively (as `autocast_for`), else fp32. They must take the student's input."""
+        """The teachers of a run, on its device; on a CPU under bf16 autocast when `bf16` and
+        the CPU has it natively, else fp32 (`autocast_for`; CUDA always uses bf16)."""
         model, meta = load_teachers(teachers, data_sha256)
-        if int(meta["input_size"]) != input_size:
-            raise ValueError(
-                f"{', '.join(map(str, teachers))}: the teachers take {meta['input_size']} px "
-                f"faces and the student {input_size}; online teachers must see the student's "
-                "input, so use train.teacher_mode=offline"
-            )
-        return cls(model.to(device), weight, autocast_for(device, bf16))
+        return cls(
+            model.to(device),
+            weight,
+            int(meta["input_size"]),
+            autocast_for(device, bf16),
+            [file_sha256(t) for t in teachers],
+        )
 
     def __call__(self, x: torch.Tensor, crowd: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.autocast or contextlib.nullcontext():
-            teacher = self.model(x).float().softmax(dim=1)
+        with torch.no_grad():
+            if x.shape[-1] != self.input_size:
+                x = F.interpolate(
+                    x, size=(self.input_size,) * 2, mode="bilinear", antialias=True
+                ).contiguous(memory_format=torch.channels_last)
+            with self.autocast if self.autocast is not None else contextlib.nullcontext():
+                teacher = self.model(x).float().softmax(dim=1)
         return (1.0 - self.weight) * crowd + self.weight * teacher
 
 
-def teacher_settings(train: dict) -> tuple[list[str], float]:
+def teacher_settings(train: dict[str, Any]) -> tuple[list[str], float]:
     """`train.teachers` and `train.teacher_weight`, checked before any teacher is scored: the
     checkpoints as a list (one path alone is a list of one) and the weight in [0, 1]."""
     raw = train.get("teachers") or []
@@ -176,7 +197,15 @@ def teacher_settings(train: dict) -> tuple[list[str], float]:
     return teachers, weight
 
 
-def teacher_mode(train: dict) -> str:
+def teacher_bf16(train: dict[str, Any]) -> bool:
+    """`train.teacher_bf16` (off when absent), checked: online teachers under bf16 autocast."""
+    value = train.get("teacher_bf16", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"train.teacher_bf16={value!r}; choose true or false")
+    return value
+
+
+def teacher_mode(train: dict[str, Any]) -> str:
     """`train.teacher_mode` (offline when absent), checked."""
     mode = str(train.get("teacher_mode", "offline"))
     if mode not in TEACHER_MODES:

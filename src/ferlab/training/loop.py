@@ -461,9 +461,10 @@ def fit(
         "variant": meta.get("variant"),
         "data_sha256": meta.get("data_sha256"),
         "targets_sha256": _array_digest(targets_np),
-        # Online teachers change every step's targets: a state of other teachers is not resumed.
-        "online_teachers": meta.get("teacher_sha256") if target_fn is not None else None,
     }
+    if target_fn is not None:
+        # Online teachers make every step's targets: a state of other teachers is not resumed.
+        fingerprint["target_fn"] = getattr(target_fn, "fingerprint", repr(target_fn))
     fingerprint.pop("max_minutes")
     resume_path = Path(resume_path) if resume_path else None
     if resume_path and resume_path.is_file():

@@ -167,6 +167,7 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
     from ferlab.training.distill import (
         OnlineTeacher,
         distillation_targets,
+        teacher_bf16,
         teacher_mode,
         teacher_settings,
     )
@@ -179,9 +180,8 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
             teachers,
             teacher_weight,
             data_sha256,
-            job.input_size,
             resolve_device(config.device),
-            bool(job.train.get("teacher_bf16", False)),
+            teacher_bf16(job.train),
         )
         log(
             f"teachers {', '.join(teachers)}: scoring every augmented batch "
@@ -220,9 +220,10 @@ def train_job(params: dict[str, Any], job: TrainJob) -> FitResult:
             "teachers": teachers,
             "teacher_sha256": [file_sha256(t) for t in teachers],
             "teacher_weight": teacher_weight,
+            "teacher_mode": mode,
         }
         if online is not None:
-            meta["teacher_mode"] = "online"
+            meta["teacher_autocast"] = online.fingerprint["teacher_autocast"]
     log(
         f"training {job.model} ({n_params / 1e6:.2f}M parameters) on {len(train_labels)} "
         f"{variant} faces at {job.input_size}px ({target_kind} targets, {config.epochs} "
