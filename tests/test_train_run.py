@@ -101,6 +101,21 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert not (project / "models/runs/zero").exists()
     assert not (project / "reports/runs/zero").exists()
 
+    # So is a model the ONNX export cannot take: at 56 px the baseline's last map is 4×4, which
+    # the exporter cannot pool to 3×3. The run would train, then fail at its timing.
+    done = run_ferlab(project, "train-run", "px56", "--fast", "-S", "fast.input_size=56")
+    line = one_error_line(done)
+    assert line.startswith("error: baseline at 56 px cannot be exported to ONNX (")
+    assert "adaptive_avg_pool2d" in line and "change fast.input_size, fast.model" in line
+    assert "graph" not in done.stdout + done.stderr  # the exporter's dump is kept aside
+    assert not (project / "models/runs/px56").exists()
+    assert not (project / "reports/runs/px56").exists()
+    # As are views the export cannot take (crops without the whole face, for this model).
+    crops = "evaluate.tta_crops_by_model={fast: [0.92]}"
+    line = one_error_line(run_ferlab(project, "train-run", "crop", "--fast", "-S", crops))
+    assert line.startswith("error: this run's export: test-time crops [0.92] cannot be exported")
+    assert not (project / "models/runs/crop").exists()
+
     # The side-by-side table reads the run's own reports.
     table = subprocess.run(
         [sys.executable, str(ROOT / "scripts/runs_table.py"), str(out), "--out", "cands"],

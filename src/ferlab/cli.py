@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ferlab.inference import Views
+    from ferlab.training.run import TrainJob
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -516,6 +520,70 @@ def train_run(
     )
 
 
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """This process's stdout and stderr file descriptors (so C++ logs too) sent to `path`."""
+    import contextlib
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with path.open("wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        # Restored whatever happens, so the command's own error line is seen.
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _committed_checkpoint(fast: bool) -> str:
+    """The pipeline's checkpoint a run would replace: it is scored with that model's views."""
+    return "models/fast.pt" if fast else "models/model.pt"
+
+
+def _refuse_unexportable(job: TrainJob, views: Views, fast: bool) -> None:
+    """A run ends by exporting its model to ONNX with its test-time views and timing it; an
+    architecture, input size or set of views the exporter cannot take is refused now, in one
+    line, rather than after the training (an untrained copy is exported to a scratch folder)."""
+    import tempfile
+
+    from ferlab.classes import CLASSES
+    from ferlab.export import export_model
+    from ferlab.inference import with_views
+    from ferlab.models import build_model
+
+    model = build_model(job.model, input_size=job.input_size, **job.options).eval()
+    meta = {"model": {"name": job.model}, "input_size": job.input_size, "classes": list(CLASSES)}
+    model, meta = with_views(model, meta, views)
+    with tempfile.TemporaryDirectory(prefix="ferlab-export-check-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        try:
+            # When it fails the exporter prints its whole graph from C++: kept aside.
+            with _output_to(Path(tmp) / "exporter.log"):
+                export_model(model, meta, onnx_path)
+        except ValueError as exc:  # the export's own refusals (views without the whole face)
+            raise ValueError(str(exc).replace(f"{onnx_path}: ", "this run's export: ")) from exc
+        except RuntimeError as exc:  # the exporter's (torch.onnx.OnnxExporterError is one)
+            reason = " ".join(str(exc).split("\n")[0].split(". ")[0].split())
+            keys = (
+                "fast.input_size, fast.model or fast.options"
+                if fast
+                else "model.input_size, model.name or the model's options"
+            )
+            raise ValueError(
+                f"{job.model} at {job.input_size} px cannot be exported to ONNX ({reason}), "
+                f"so the run could not be timed or deployed; change {keys} (the committed "
+                "ones export)"
+            ) from exc
+
+
 def _refuse_study_model_overrides(overrides: list[str]) -> None:
     """`model.*` is the study model's group: with --fast it would change nothing trained, so
     the run would silently repeat the committed live model under another name."""
@@ -561,7 +629,8 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
             )
         # Everything that could stop the run is checked before hours of training.
         TrainConfig.from_params(job.train, seed=params["seed"]).validate()
-        EvaluateSettings.from_params(params)
+        settings = EvaluateSettings.from_params(params)
+        _refuse_unexportable(job, settings.views_of_checkpoint(_committed_checkpoint(fast)), fast)
         _require_arrays(job.train["variant"], "data/arrays", ("train", "val", "test"))
         teachers, teacher_weight = teacher_settings(job.train)
         # Bad teacher values are refused now, not hours into the run.
@@ -603,7 +672,7 @@ def _train_run(name: str, overrides: list[str], fast: bool, force: bool):
     # The evaluate stage's settings, scoring this run's checkpoint only, with the views of the
     # committed model the run would replace (so its figures compare with that model's).
     settings = EvaluateSettings.from_params(params)
-    views = settings.views_of_checkpoint("models/fast.pt" if fast else "models/model.pt")
+    views = settings.views_of_checkpoint(_committed_checkpoint(fast))
     evaluate = replace(
         settings, models={name: str(checkpoint)}, tta_crops_by_model={name: views.crops}
     )
