@@ -57,8 +57,18 @@ def read_run(folder: Path) -> dict:
         "clean_prior_corrected_balanced": score("clean_test", "prior_corrected_balanced_accuracy"),
         "onnx_mb": run["onnx_mb"],
         "ms_per_face_1_thread": run["ms_per_face_1_thread"],
+        # The views the timed export scores; older runs did not record them.
+        "views": run.get("views"),
         "cpu": run["cpu"],
     }
+
+
+def views_label(views: dict | None) -> str:
+    """How many forward passes a face cost in the timed export, in words."""
+    if views is None:
+        return "not recorded"
+    crops = ", ".join("face" if c == 1.0 else f"{c:g} crop" for c in views["crops"])
+    return crops + (", mirrored" if views["flip"] else "")
 
 
 def pct(value: float | None) -> str:
@@ -75,15 +85,15 @@ def table(rows: list[dict], title: str) -> str:
         "(batch 1, one thread, ONNX Runtime) measured on " + ", ".join(cpus) + ".",
         "",
         "| run | model | parameters | epochs | val | FER+ reference | clean test | "
-        "clean balanced | train minutes | ms/face | ONNX MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "clean balanced | train minutes | ms/face | views timed | ONNX MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['model']} | {r['parameters'] / 1e6:.2f}M | {r['epochs']} | "
             f"{pct(r['val'])} | {pct(r['reference'])} | {pct(r['clean'])} | "
             f"{pct(r['clean_balanced'])} | {r['train_minutes']:.1f} | "
-            f"{r['ms_per_face_1_thread']:.3f} | {r['onnx_mb']:.2f} |"
+            f"{r['ms_per_face_1_thread']:.3f} | {views_label(r['views'])} | {r['onnx_mb']:.2f} |"
         )
     lines += ["", "Overrides of each run (`-S`, on top of params.yaml as committed):", ""]
     for r in rows:

@@ -129,6 +129,8 @@ def test_train_run_trains_scores_and_times_a_live_model_variation(
     assert row["epochs"] == 2 and row["model"] == "baseline"
     text = (project / "cands.md").read_text()
     assert f"| narrow | baseline | {row['parameters'] / 1e6:.2f}M | 2 |" in text
+    # Its cost is that of the views the export scores: here four forward passes a face.
+    assert f"| {row['ms_per_face_1_thread']:.3f} | face, 0.92 crop, mirrored |" in text
     command = "ferlab train-run narrow --fast -S fast.train.epochs=2 -S fast.options.width=0.25"
     assert f"- narrow: `{command}`" in text
 
