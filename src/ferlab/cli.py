@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -523,8 +523,6 @@ def train_run(
 @contextmanager
 def _output_to(path: Path) -> Iterator[None]:
     """This process's stdout and stderr file descriptors (so C++ logs too) sent to `path`."""
-    import contextlib
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
@@ -535,7 +533,7 @@ def _output_to(path: Path) -> Iterator[None]:
             yield
     finally:
         # Restored whatever happens, so the command's own error line is seen.
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             sys.stdout.flush()
             sys.stderr.flush()
         for fd, copy in zip((1, 2), saved, strict=True):
